@@ -1,0 +1,752 @@
+"""One gateway's configuration: load the YAML, validate it, return typed immutable objects.
+
+Why so strict: a gateway moves files between isolated zones, so a config mistake is a security
+mistake. A typo'd key that is silently ignored (``transprot:``), a duplicated key where YAML keeps
+the last value, a flow whose sender sits in the wrong zone, or a private key readable by other
+users must stop the gateway at start-up with an error that names the file, the line, the key and
+what was expected — never a stack trace, never a guess.
+
+Order of errors: the first error is raised. Structure errors (YAML syntax, duplicate keys, unknown
+or missing keys, wrong types, bad values, key files) are found in document order; after the whole
+document has the right shape, the cross references (zones, peers, senders and receivers of flows)
+are checked and the one earliest in the document is raised.
+
+Pure: reads the config and stats the key files; no sockets, no threads, nothing else of ours.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import stat
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .yamlpos import Positions, YamlPath, compose_positions
+
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "DEFAULT_RESEND_WINDOW",
+    "LEVELS",
+    "NAME_PATTERN",
+    "SIZE_UNITS",
+    "TRANSPORT_KINDS",
+    "Address",
+    "ConfigError",
+    "Flow",
+    "GatewayConfig",
+    "Metrics",
+    "Peer",
+    "Policy",
+    "Transport",
+    "Zone",
+    "load_gateway_config",
+    "parse_size",
+]
+
+#: Classification levels of a zone, from least to most sensitive.
+LEVELS: tuple[str, ...] = ("public", "sensitive", "classified")
+#: Transport kinds a flow may use. The one place to add a kind (with its endpoint check below).
+TRANSPORT_KINDS: frozenset[str] = frozenset({"zmq"})
+#: Names of gateways, zones, nodes, peers and flows: they end up in paths, metrics labels and
+#: audit records, so they are kept to a small, unambiguous alphabet.
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+DEFAULT_MAX_SIZE = 64 * 1024**2
+DEFAULT_RESEND_WINDOW = 64 * 1024**2
+#: Size units: SI units are 1000-based, IEC units 1024-based, as their standards say.
+SIZE_UNITS: Mapping[str, int] = {
+    "B": 1,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "TB": 1000**4,
+    "KiB": 1024,
+    "MiB": 1024**2,
+    "GiB": 1024**3,
+    "TiB": 1024**4,
+}
+
+
+class ConfigError(Exception):
+    """A config that cannot be used, located as precisely as a compiler error.
+
+    `str(e)` is ``FILE:LINE: KEY: MESSAGE`` (``FILE: KEY: MESSAGE`` when there is no line), so
+    an operator can jump to the spot, and tests can check each part separately.
+    """
+
+    def __init__(self, file: str, line: int | None, key: str, message: str) -> None:
+        super().__init__(file, line, key, message)
+        self.file = file
+        self.line = line
+        self.key = key
+        self.message = message
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.key}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Zone:
+    """An isolated network and its classification level (one of `LEVELS`)."""
+
+    name: str
+    level: str
+
+
+@dataclass(frozen=True)
+class Address:
+    """A host and port to listen on or connect to; kept apart so IPv6 brackets are not lost."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Another gateway this one exchanges flows with, and its public keys (absolute paths)."""
+
+    name: str
+    zone: str
+    signing_key: Path
+    encryption_key: Path
+
+
+@dataclass(frozen=True)
+class Transport:
+    """How a flow's envelopes travel: the kind (one of `TRANSPORT_KINDS`) and its endpoint."""
+
+    kind: str
+    endpoint: str
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The flow's content policy as far as the config loader knows it: size bounds in bytes."""
+
+    min_size: int = 0
+    max_size: int = DEFAULT_MAX_SIZE
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One named one-way route; `source`/`destination` are the YAML's `from`/`to` zones."""
+
+    name: str
+    source: str
+    destination: str
+    sender: str
+    receiver: str
+    transport: Transport
+    policy: Policy
+    resend_window: int
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Where each agent serves its Prometheus metrics; None means that agent serves none."""
+
+    ingest: Address | None = None
+    sender: Address | None = None
+    receiver: Address | None = None
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything one gateway needs to run, validated; all paths are absolute."""
+
+    path: Path
+    name: str
+    zone: str
+    node: str
+    zones: tuple[Zone, ...]
+    spool: Path
+    audit_log: Path
+    outbox: Path
+    inbox: Path
+    signing_key: Path
+    encryption_key: Path
+    peers: tuple[Peer, ...]
+    metrics: Metrics
+    flows: tuple[Flow, ...]
+
+    def flow(self, name: str) -> Flow:
+        """The flow called `name`; KeyError if this config has none."""
+        for flow in self.flows:
+            if flow.name == name:
+                return flow
+        raise KeyError(name)
+
+    def peer(self, name: str) -> Peer:
+        """The peer gateway called `name`; KeyError if this config has none."""
+        for peer in self.peers:
+            if peer.name == name:
+                return peer
+        raise KeyError(name)
+
+    def outgoing_flows(self) -> tuple[Flow, ...]:
+        """Flows this gateway sends on (its sender agent serves these)."""
+        return tuple(flow for flow in self.flows if flow.sender == self.name)
+
+    def incoming_flows(self) -> tuple[Flow, ...]:
+        """Flows this gateway receives on (its receiver agent serves these)."""
+        return tuple(flow for flow in self.flows if flow.receiver == self.name)
+
+
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a string such as ``"64 MiB"``, ``"1.5 GB"``, ``"4096"``.
+
+    Why strict: a size that is silently misread (``"10k"`` as 10 bytes, ``"1.5 B"`` rounded)
+    becomes a policy hole, so anything not clearly a whole number of bytes is a ValueError.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(
+            f"expected a size (bytes as an integer, or a string like '64 MiB'), "
+            f"got {_describe(value)}"
+        )
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a size cannot be negative, got {value}")
+        return value
+    units = ", ".join(SIZE_UNITS)
+    match = _SIZE_RE.fullmatch(value)
+    if match is None:
+        raise ValueError(
+            f"cannot read {value!r} as a size (expected a number of bytes, or a number and "
+            f"one of: {units}; e.g. '64 MiB')"
+        )
+    number, unit = match.groups()
+    unit = unit or "B"
+    if unit not in SIZE_UNITS:
+        raise ValueError(f"unknown size unit {unit!r} in {value!r} (expected one of: {units})")
+    size = Fraction(number) * SIZE_UNITS[unit]
+    if size.denominator != 1:
+        raise ValueError(f"{value!r} is not a whole number of bytes")
+    return int(size)
+
+
+def _describe(value: object) -> str:
+    """How a YAML value's type reads in an error: 'a string', 'a list', 'null'..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({'true' if value else 'false'})"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number with a fraction"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, date):
+        return "a date"
+    if isinstance(value, bytes):
+        return "binary data"
+    return f"a {type(value).__name__}"
+
+
+def _dotted(path: YamlPath) -> str:
+    """``("flows", 1, "from")`` -> ``flows[1].from``; the empty path is ``(top)``."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top)"
+
+
+_HOSTNAME_RE = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+_HOSTPORT_RE = re.compile(r"(?:\[(?P<v6>[^\]]*)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})")
+
+
+def _parse_hostport(text: str, min_port: int) -> Address:
+    """Parse ``host:port`` / ``[v6]:port``; ValueError saying what was wrong."""
+    match = _HOSTPORT_RE.fullmatch(text)
+    if match is None:
+        if text.count(":") > 1 and not text.startswith("["):
+            raise ValueError("put an IPv6 address in brackets, e.g. [::1]:9100")
+        raise ValueError("expected HOST:PORT (e.g. 127.0.0.1:9100, or [::1]:9100 for IPv6)")
+    port = int(match["port"])
+    if not min_port <= port <= 65535:
+        raise ValueError(f"port {port} is out of range (expected {min_port}..65535)")
+    if match["v6"] is not None:
+        try:
+            host = str(ipaddress.IPv6Address(match["v6"]))
+        except ValueError:
+            raise ValueError(f"{match['v6']!r} in brackets is not an IPv6 address") from None
+        return Address(host, port)
+    host = match["host"]
+    if not _HOSTNAME_RE.fullmatch(host):
+        raise ValueError(f"{host!r} is not a host name or IP address")
+    if all(label.isdigit() for label in host.split(".")):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv4 address") from None
+    return Address(host, port)
+
+
+def _check_zmq_endpoint(endpoint: str) -> None:
+    """A zmq flow endpoint: ``tcp://HOST:PORT`` — the receiver binds it, the sender connects."""
+    if not endpoint.startswith("tcp://"):
+        raise ValueError(f"expected tcp://HOST:PORT for a zmq transport, got {endpoint!r}")
+    try:
+        _parse_hostport(endpoint.removeprefix("tcp://"), min_port=1)
+    except ValueError as exc:
+        raise ValueError(f"bad zmq endpoint {endpoint!r}: {exc}") from None
+
+
+#: Endpoint check for each transport kind; a kind in TRANSPORT_KINDS must have one.
+_ENDPOINT_CHECKS: Mapping[str, Callable[[str], None]] = {"zmq": _check_zmq_endpoint}
+
+
+class _Reader:
+    """Validating reads of the safe_load'ed document, each error pointed at its line."""
+
+    def __init__(self, file: str, base: Path, positions: Positions) -> None:
+        self.file = file
+        self.base = base
+        self.positions = positions
+
+    # -- errors --------------------------------------------------------------------------------
+
+    def at_value(self, path: YamlPath, message: str) -> ConfigError:
+        """An error about the value at `path` (its line)."""
+        return ConfigError(self.file, self.positions.value_line(path), _dotted(path), message)
+
+    def at_key(self, path: YamlPath, message: str) -> ConfigError:
+        """An error about the key at `path` itself (the key's line)."""
+        return ConfigError(self.file, self.positions.key_line(path), _dotted(path), message)
+
+    # -- shapes --------------------------------------------------------------------------------
+
+    def mapping(
+        self,
+        value: object,
+        path: YamlPath,
+        required: tuple[str, ...],
+        optional: tuple[str, ...] = (),
+    ) -> dict[str, Any]:
+        """Check `value` is a mapping with exactly the allowed keys and all required ones."""
+        if not isinstance(value, dict):
+            raise self.at_value(path, f"expected a mapping, got {_describe(value)}")
+        allowed = required + optional
+        for key in value:
+            if key not in allowed:
+                shown = key if isinstance(key, str) else str(key)
+                raise self.at_key(
+                    (*path, shown),
+                    f"unknown key {shown!r} (expected one of: {', '.join(allowed)})",
+                )
+        for key in required:
+            if key not in value:
+                # The key is absent, so point at the mapping that should have held it.
+                line = self.positions.key_line(path)
+                raise ConfigError(
+                    self.file, line, _dotted((*path, key)), f"missing required key {key!r}"
+                )
+        return value
+
+    def fields(
+        self, value: dict[str, Any], path: YamlPath, readers: Mapping[str, Callable[..., Any]]
+    ) -> dict[str, Any]:
+        """Read each present key with its reader, in document order (so errors are too)."""
+        return {key: readers[key](item, (*path, key)) for key, item in value.items()}
+
+    def sequence(self, value: object, path: YamlPath) -> list[Any]:
+        if not isinstance(value, list):
+            raise self.at_value(path, f"expected a list, got {_describe(value)}")
+        return value
+
+    def string(self, value: object, path: YamlPath) -> str:
+        if not isinstance(value, str):
+            raise self.at_value(path, f"expected a string, got {_describe(value)}")
+        return value
+
+    def integer(self, value: object, path: YamlPath) -> int:
+        # bool is an int in Python; `version: yes` must not read as 1.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.at_value(path, f"expected an integer, got {_describe(value)}")
+        return value
+
+    def name(self, value: object, path: YamlPath) -> str:
+        text = self.string(value, path)
+        if not NAME_PATTERN.fullmatch(text):
+            raise self.at_value(
+                path,
+                f"invalid name {text!r} (expected 1-63 characters of a-z, 0-9 and '-', "
+                f"starting with a letter or digit)",
+            )
+        return text
+
+    def choice(self, value: object, path: YamlPath, what: str, options: tuple[str, ...]) -> str:
+        text = self.string(value, path)
+        if text not in options:
+            raise self.at_value(
+                path, f"unknown {what} {text!r} (expected one of: {', '.join(options)})"
+            )
+        return text
+
+    def size(self, value: object, path: YamlPath) -> int:
+        try:
+            return parse_size(value)  # type: ignore[arg-type]  # parse_size checks the type
+        except ValueError as exc:
+            raise self.at_value(path, str(exc)) from None
+
+    def path(self, value: object, path: YamlPath) -> Path:
+        """A filesystem path; relative ones resolve against the config file's directory."""
+        text = self.string(value, path)
+        if not text or "\0" in text:
+            raise self.at_value(path, "expected a non-empty file system path")
+        return self.base / text
+
+    def key_file(self, value: object, path: YamlPath, private: bool) -> Path:
+        """A key file that exists; a private one must be readable by its owner only."""
+        file = self.path(value, path)
+        try:
+            info = file.stat()
+        except FileNotFoundError:
+            raise self.at_value(path, f"key file {file} does not exist") from None
+        except OSError as exc:
+            raise self.at_value(path, f"cannot stat key file {file}: {exc.strerror}") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise self.at_value(path, f"key file {file} is not a regular file")
+        mode = stat.S_IMODE(info.st_mode)
+        if private and mode & 0o077:
+            raise self.at_value(path, f"permissions {mode:04o} are too open; chmod 600 {file}")
+        return file
+
+    def address(self, value: object, path: YamlPath) -> Address:
+        text = self.string(value, path)
+        try:
+            return _parse_hostport(text, min_port=0)
+        except ValueError as exc:
+            raise self.at_value(path, f"bad address {text!r}: {exc}") from None
+
+    def unique(self, items: list[dict[str, Any]], path: YamlPath, what: str) -> None:
+        """Refuse two items of a list with one name; report the second, citing the first."""
+        first: dict[str, int] = {}
+        for index, item in enumerate(items):
+            name = item["name"]
+            name_path = (*path, index, "name")
+            if name in first:
+                raise self.at_value(
+                    name_path,
+                    f"duplicate {what} name {name!r} (first at line {first[name]})",
+                )
+            first[name] = self.positions.value_line(name_path) or 0
+
+    # -- sections ------------------------------------------------------------------------------
+
+    def version(self, value: object, path: YamlPath) -> int:
+        number = self.integer(value, path)
+        if number != 1:
+            raise self.at_value(path, f"unsupported version {number} (expected 1)")
+        return number
+
+    def gateway(self, value: object, path: YamlPath) -> dict[str, Any]:
+        raw = self.mapping(value, path, ("name", "zone"), ("node",))
+        return {"node": "local"} | self.fields(
+            raw, path, {"name": self.name, "zone": self.name, "node": self.name}
+        )
+
+    def zones(self, value: object, path: YamlPath) -> tuple[Zone, ...]:
+        items = self.sequence(value, path)
+        if not items:
+            raise self.at_value(path, "expected at least one zone, got an empty list")
+        parsed = []
+        for index, item in enumerate(items):
+            item_path = (*path, index)
+            raw = self.mapping(item, item_path, ("name", "level"))
+            parsed.append(
+                self.fields(
+                    raw,
+                    item_path,
+                    {
+                        "name": self.name,
+                        "level": lambda v, p: self.choice(v, p, "level", LEVELS),
+                    },
+                )
+            )
+        self.unique(parsed, path, "zone")
+        return tuple(Zone(**zone) for zone in parsed)
+
+    def paths(self, value: object, path: YamlPath) -> dict[str, Path]:
+        raw = self.mapping(value, path, ("spool", "audit_log"), ("outbox", "inbox"))
+        defaults = {"outbox": self.base / "outbox", "inbox": self.base / "inbox"}
+        return defaults | self.fields(raw, path, dict.fromkeys(raw, self.path))
+
+    def keys(self, value: object, path: YamlPath) -> dict[str, Path]:
+        raw = self.mapping(value, path, ("signing", "encryption"))
+        return self.fields(
+            raw, path, dict.fromkeys(raw, lambda v, p: self.key_file(v, p, private=True))
+        )
+
+    def peers(self, value: object, path: YamlPath) -> tuple[Peer, ...]:
+        parsed = []
+        for index, item in enumerate(self.sequence(value, path)):
+            item_path = (*path, index)
+            raw = self.mapping(item, item_path, ("name", "zone", "signing_key", "encryption_key"))
+            public = lambda v, p: self.key_file(v, p, private=False)  # noqa: E731
+            parsed.append(
+                self.fields(
+                    raw,
+                    item_path,
+                    {
+                        "name": self.name,
+                        "zone": self.name,
+                        "signing_key": public,
+                        "encryption_key": public,
+                    },
+                )
+            )
+        self.unique(parsed, path, "peer")
+        return tuple(Peer(**peer) for peer in parsed)
+
+    def metrics(self, value: object, path: YamlPath) -> Metrics:
+        raw = self.mapping(value, path, (), ("ingest", "sender", "receiver"))
+        return Metrics(**self.fields(raw, path, dict.fromkeys(raw, self.address)))
+
+    def transport(self, value: object, path: YamlPath) -> Transport:
+        raw = self.mapping(value, path, ("kind", "endpoint"))
+        kinds = tuple(sorted(TRANSPORT_KINDS))
+        read = self.fields(
+            raw,
+            path,
+            {
+                "kind": lambda v, p: self.choice(v, p, "transport kind", kinds),
+                "endpoint": self.string,
+            },
+        )
+        try:
+            _ENDPOINT_CHECKS[read["kind"]](read["endpoint"])
+        except ValueError as exc:
+            raise self.at_value((*path, "endpoint"), str(exc)) from None
+        return Transport(**read)
+
+    def policy(self, value: object, path: YamlPath) -> Policy:
+        raw = self.mapping(value, path, (), ("min_size", "max_size"))
+        policy = Policy(**self.fields(raw, path, dict.fromkeys(raw, self.size)))
+        if policy.max_size < policy.min_size:
+            culprit = "max_size" if "max_size" in raw else "min_size"
+            raise self.at_value(
+                (*path, culprit),
+                f"max_size ({policy.max_size}) is smaller than min_size ({policy.min_size})",
+            )
+        return policy
+
+    def flows(self, value: object, path: YamlPath) -> tuple[Flow, ...]:
+        parsed = []
+        readers = {
+            "name": self.name,
+            "from": self.name,
+            "to": self.name,
+            "sender": self.name,
+            "receiver": self.name,
+            "transport": self.transport,
+            "policy": self.policy,
+            "resend_window": self.size,
+        }
+        for index, item in enumerate(self.sequence(value, path)):
+            item_path = (*path, index)
+            raw = self.mapping(
+                item,
+                item_path,
+                ("name", "from", "to", "sender", "receiver", "transport"),
+                ("policy", "resend_window"),
+            )
+            defaults = {"policy": Policy(), "resend_window": DEFAULT_RESEND_WINDOW}
+            parsed.append(defaults | self.fields(raw, item_path, readers))
+        self.unique(parsed, path, "flow")
+        return tuple(
+            Flow(
+                name=flow["name"],
+                source=flow["from"],
+                destination=flow["to"],
+                sender=flow["sender"],
+                receiver=flow["receiver"],
+                transport=flow["transport"],
+                policy=flow["policy"],
+                resend_window=flow["resend_window"],
+            )
+            for flow in parsed
+        )
+
+
+_TOP_REQUIRED = ("version", "gateway", "zones", "paths", "keys", "flows")
+_TOP_OPTIONAL = ("peers", "metrics")
+
+
+def _cross_check(reader: _Reader, config: GatewayConfig) -> None:
+    """Check the references between sections; raise the error earliest in the document.
+
+    Why collect-then-pick: the sections refer to each other in any order (a flow may come before
+    the zones it names), so checking them in a fixed order would not report the first line.
+    A check that depends on another (the sender's zone against `from`) only runs when the one it
+    depends on passed, so a single typo gives one error, not a cascade.
+    """
+    errors: list[ConfigError] = []
+    zone_names = {zone.name for zone in config.zones}
+    zone_list = ", ".join(zone.name for zone in config.zones)
+
+    def known_zone(name: str, path: YamlPath) -> bool:
+        if name in zone_names:
+            return True
+        errors.append(
+            reader.at_value(path, f"unknown zone {name!r} (expected one of: {zone_list})")
+        )
+        return False
+
+    known_zone(config.zone, ("gateway", "zone"))
+    gateway_zones = {config.name: config.zone}
+    for index, peer in enumerate(config.peers):
+        if peer.name == config.name:
+            errors.append(
+                reader.at_value(
+                    ("peers", index, "name"),
+                    f"a peer cannot have this gateway's own name {peer.name!r}",
+                )
+            )
+        else:
+            gateway_zones.setdefault(peer.name, peer.zone)
+        known_zone(peer.zone, ("peers", index, "zone"))
+
+    peer_list = ", ".join(peer.name for peer in config.peers) or "(none)"
+    for index, flow in enumerate(config.flows):
+        flow_path: YamlPath = ("flows", index)
+        source_ok = known_zone(flow.source, (*flow_path, "from"))
+        destination_ok = known_zone(flow.destination, (*flow_path, "to"))
+        if source_ok and destination_ok and flow.source == flow.destination:
+            errors.append(
+                reader.at_value((*flow_path, "to"), "a flow cannot go from a zone to itself")
+            )
+        for role, zone, zone_key, zone_ok in (
+            ("sender", flow.source, "from", source_ok),
+            ("receiver", flow.destination, "to", destination_ok),
+        ):
+            who = getattr(flow, role)
+            role_path = (*flow_path, role)
+            if who not in gateway_zones:
+                errors.append(
+                    reader.at_value(
+                        role_path,
+                        f"unknown gateway {who!r} (expected this gateway {config.name!r} "
+                        f"or a peer: {peer_list})",
+                    )
+                )
+            elif zone_ok and gateway_zones[who] != zone:
+                errors.append(
+                    reader.at_value(
+                        role_path,
+                        f"{role} {who!r} is in zone {gateway_zones[who]!r}, "
+                        f"but {zone_key} is {zone!r}",
+                    )
+                )
+        if config.name not in (flow.sender, flow.receiver):
+            errors.append(
+                reader.at_key(
+                    flow_path,
+                    f"this gateway ({config.name}) is neither sender nor receiver of "
+                    f"flow {flow.name!r}",
+                )
+            )
+    if errors:
+        # min() keeps the first of equal lines, i.e. the logical order within a line.
+        raise min(errors, key=lambda e: e.line if e.line is not None else float("inf"))
+
+
+def load_gateway_config(path: str | Path) -> GatewayConfig:
+    """Read, validate and return one gateway's config; raise ConfigError on the first problem."""
+    file = str(path)
+    config_path = Path(path).absolute()
+    try:
+        text = config_path.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise ConfigError(file, None, "(top)", f"cannot read the file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            file, None, "(top)", f"the file is not UTF-8 text (byte {exc.start})"
+        ) from None
+
+    try:
+        positions = compose_positions(text)
+        document = yaml.safe_load(text) if positions.root_line is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        detail = "; ".join(part for part in (exc.context, exc.problem) if part)
+        raise ConfigError(
+            file, mark.line + 1 if mark else None, "(top)", f"invalid YAML: {detail}"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(file, None, "(top)", f"invalid YAML: {exc}") from None
+
+    reader = _Reader(file, config_path.parent, positions)
+    if positions.duplicates:
+        dup = positions.duplicates[0]
+        raise ConfigError(
+            file,
+            dup.line,
+            _dotted(dup.path),
+            f"duplicate key {dup.path[-1]!r} (first at line {dup.first_line}); "
+            f"YAML would silently keep only the last one",
+        )
+    if document is None:
+        raise ConfigError(
+            file,
+            None,
+            "(top)",
+            f"the file is empty (expected a mapping with keys: {', '.join(_TOP_REQUIRED)})",
+        )
+    raw = reader.mapping(document, (), _TOP_REQUIRED, _TOP_OPTIONAL)
+    sections = {
+        "peers": (),
+        "metrics": Metrics(),
+    } | reader.fields(
+        raw,
+        (),
+        {
+            "version": reader.version,
+            "gateway": reader.gateway,
+            "zones": reader.zones,
+            "paths": reader.paths,
+            "keys": reader.keys,
+            "peers": reader.peers,
+            "metrics": reader.metrics,
+            "flows": reader.flows,
+        },
+    )
+    gateway, paths, keys = sections["gateway"], sections["paths"], sections["keys"]
+    config = GatewayConfig(
+        path=config_path,
+        name=gateway["name"],
+        zone=gateway["zone"],
+        node=gateway["node"],
+        zones=sections["zones"],
+        spool=paths["spool"],
+        audit_log=paths["audit_log"],
+        outbox=paths["outbox"],
+        inbox=paths["inbox"],
+        signing_key=keys["signing"],
+        encryption_key=keys["encryption"],
+        peers=sections["peers"],
+        metrics=sections["metrics"],
+        flows=sections["flows"],
+    )
+    _cross_check(reader, config)
+    return config
