@@ -1,0 +1,295 @@
+"""Appending to a gateway's audit log, safely from several processes at once.
+
+The ingest, sender and receiver agents of one gateway share one log file. Each append takes an
+exclusive ``flock`` on the file, reads only the last record (scanning back from the end, so an
+append costs the same on a log of ten lines or ten million), checks it, writes one line, fsyncs,
+and unlocks. The record is on disk before ``append`` returns: a caller that writes the audit
+record *before* changing state can never show a state change that the log does not.
+
+Any failure raises ``AuditWriteError`` and nothing is retried or repaired here: the caller stops
+the transfer (fail closed). A damaged tail (a torn last line, a last record that does not hash)
+is left exactly as found for ``zonegate audit verify`` and an operator to look at.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Mapping
+from types import MappingProxyType, TracebackType
+from typing import Any
+
+from .record import (
+    EVENTS,
+    GENESIS_HASH,
+    MAX_EXTRA_FIELDS,
+    MAX_RECORD_BYTES,
+    OUTCOMES,
+    AuditRecord,
+    canonical_bytes,
+    check_extra_name,
+    check_fields,
+    hashes_equal,
+    now,
+    record_hash,
+)
+
+# Read the tail in blocks of this size while looking for the start of the last line.
+_TAIL_BLOCK = 8192
+
+# O_RDWR, not O_WRONLY: the last record is read through the same descriptor that holds the
+# lock. O_NOFOLLOW: a symlink planted at the log path must not redirect audit records.
+_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+class AuditWriteError(Exception):
+    """The audit record could not be made durable; the caller must stop what it was doing."""
+
+
+class AuditLog:
+    """One agent's handle on its gateway's audit log.
+
+    The file is opened for each append rather than held open, so that a log that is replaced or
+    removed under a running agent is noticed (and refused) instead of being written to a deleted
+    inode. Safe to share between threads; each process makes its own.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, gateway: str, agent: str, zone: str | None = None
+    ) -> None:
+        for name, value in (("gateway", gateway), ("agent", agent)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty string")
+        if zone is not None and (not isinstance(zone, str) or not zone):
+            raise ValueError("zone must be a non-empty string or None")
+        self.path = os.fspath(path)
+        self.gateway = gateway
+        self.agent = agent
+        self.zone = zone
+        self._lock = threading.Lock()
+        self._closed = False
+        # The highest seq this handle has written: the log must never again end below it.
+        self._last_written: int | None = None
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Refuse further appends. No descriptor is held between appends, so nothing to flush."""
+        with self._lock:
+            self._closed = True
+
+    def append(
+        self,
+        event: str,
+        *,
+        message: Mapping[str, str | int] | None = None,
+        outcome: str = "ok",
+        reason: str | None = None,
+        who: Mapping[str, str] | None = None,
+        **extra: str | int | bool,
+    ) -> AuditRecord:
+        """Append one record and return it once it is on disk.
+
+        ``ValueError`` for a malformed call (unknown event or outcome, a field outside the
+        schema, an extra field whose name looks like key material): those are bugs to fix, not
+        conditions to handle. ``AuditWriteError`` for anything that stops the record reaching
+        the disk.
+        """
+        fields = self._build(event, message=message, outcome=outcome, reason=reason, who=who)
+        for name in extra:
+            if problem := check_extra_name(name):
+                raise ValueError(problem)
+        if len(extra) > MAX_EXTRA_FIELDS:
+            raise ValueError(f"{len(extra)} extra fields, at most {MAX_EXTRA_FIELDS} allowed")
+        if extra:
+            fields["extra"] = dict(extra)
+        # Validate everything except the chain now, before any I/O, with placeholder chain
+        # values: a bad call must fail the same way whatever state the file is in.
+        probe = {**fields, "seq": 1, "time": now(), "prev": GENESIS_HASH}
+        if problem := check_fields(probe, require_hash=False):
+            raise ValueError(problem)
+        # Size check with placeholders of the final width (seq can only grow by a few digits).
+        if len(canonical_bytes(probe)) + 100 > MAX_RECORD_BYTES:
+            raise ValueError(f"record longer than {MAX_RECORD_BYTES} bytes")
+
+        with self._lock:
+            if self._closed:
+                raise AuditWriteError(f"audit log {self.path} is closed")
+            try:
+                return self._append_locked(fields)
+            except AuditWriteError:
+                raise
+            except (OSError, ValueError) as exc:
+                raise AuditWriteError(f"cannot write audit log {self.path}: {exc}") from exc
+
+    def _build(
+        self,
+        event: str,
+        *,
+        message: Mapping[str, str | int] | None,
+        outcome: str,
+        reason: str | None,
+        who: Mapping[str, str] | None,
+    ) -> dict[str, Any]:
+        if event not in EVENTS:
+            raise ValueError(f"unknown audit event {event!r}")
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {', '.join(sorted(OUTCOMES))}")
+        return {
+            "gateway": self.gateway,
+            "agent": self.agent,
+            "zone": self.zone,
+            "event": event,
+            # An empty mapping is written as null: one spelling for "nothing to say".
+            "message": dict(message) if message else None,
+            "outcome": outcome,
+            "reason": reason,
+            "who": dict(who) if who else None,
+        }
+
+    def _append_locked(self, fields: dict[str, Any]) -> AuditRecord:
+        fd = self._open()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                last_seq, last_hash = self._read_last(fd)
+                if self._last_written is not None and last_seq < self._last_written:
+                    raise AuditWriteError(
+                        f"audit log {self.path} ends at seq {last_seq} but this agent already "
+                        f"wrote seq {self._last_written}: it was truncated or replaced; "
+                        "run `zonegate audit verify`"
+                    )
+                record = {**fields, "seq": last_seq + 1, "time": now(), "prev": last_hash}
+                record["hash"] = record_hash(record)
+                line = canonical_bytes(record) + b"\n"
+                _write_all(fd, line)
+                os.fsync(fd)
+                self._last_written = record["seq"]
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        return _to_record(record)
+
+    def _open(self) -> int:
+        """Open the log; create it (0600, directory fsynced) only if this handle never wrote."""
+        try:
+            return os.open(self.path, _OPEN_FLAGS)
+        except FileNotFoundError:
+            if self._last_written is not None:
+                raise AuditWriteError(
+                    f"audit log {self.path} has disappeared after this agent wrote seq "
+                    f"{self._last_written}; not starting a new chain silently"
+                ) from None
+        try:
+            fd = os.open(self.path, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            # Another agent created it between our two opens; use theirs.
+            return os.open(self.path, _OPEN_FLAGS)
+        try:
+            _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _read_last(self, fd: int) -> tuple[int, str]:
+        """Seq and hash of the last record, reading only the file's tail."""
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return 0, GENESIS_HASH
+        if os.pread(fd, 1, size - 1) != b"\n":
+            raise AuditWriteError(
+                f"audit log ends with an incomplete record at line {_count_lines(fd) + 1}; "
+                "run `zonegate audit verify`"
+            )
+        # Scan back from just before the final newline for the newline that starts the line.
+        end = size - 1
+        pos = end
+        chunks: list[bytes] = []
+        while pos > 0:
+            start = max(0, pos - _TAIL_BLOCK)
+            block = os.pread(fd, pos - start, start)
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                chunks.append(block[cut + 1 :])
+                break
+            chunks.append(block)
+            pos = start
+            if end - pos > MAX_RECORD_BYTES:
+                raise AuditWriteError(_damaged(self.path, "the last record is too long"))
+        last = b"".join(reversed(chunks))
+        try:
+            obj = json.loads(last)
+        except ValueError as exc:
+            raise AuditWriteError(
+                _damaged(self.path, f"the last record is not JSON ({exc})")
+            ) from exc
+        if not isinstance(obj, dict) or (problem := check_fields(obj)):
+            raise AuditWriteError(_damaged(self.path, f"the last record is malformed ({problem})"))
+        if canonical_bytes(obj) != last or not hashes_equal(record_hash(obj), obj["hash"]):
+            raise AuditWriteError(_damaged(self.path, "the last record does not hash"))
+        return obj["seq"], obj["hash"]
+
+
+def _damaged(path: str, what: str) -> str:
+    return f"audit log {path} is damaged: {what}; run `zonegate audit verify`"
+
+
+def _to_record(obj: dict[str, Any]) -> AuditRecord:
+    return AuditRecord(
+        seq=obj["seq"],
+        time=obj["time"],
+        gateway=obj["gateway"],
+        agent=obj["agent"],
+        zone=obj["zone"],
+        event=obj["event"],
+        message=None if obj["message"] is None else MappingProxyType(obj["message"]),
+        outcome=obj["outcome"],
+        reason=obj["reason"],
+        who=None if obj["who"] is None else MappingProxyType(obj["who"]),
+        prev=obj["prev"],
+        hash=obj["hash"],
+        extra=MappingProxyType(obj.get("extra", {})),
+    )
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte; a short write is continued, a zero-byte write is an error."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.EIO, "write made no progress")
+        view = view[written:]
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a new directory entry durable: without it a crash can lose the whole file."""
+    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _count_lines(fd: int) -> int:
+    """Complete lines in the file. Reads it all, but only on the error path."""
+    count = 0
+    offset = 0
+    while block := os.pread(fd, 1 << 20, offset):
+        count += block.count(b"\n")
+        offset += len(block)
+    return count
