@@ -6,10 +6,12 @@ the last value, a flow whose sender sits in the wrong zone, or a private key rea
 users must stop the gateway at start-up with an error that names the file, the line, the key and
 what was expected — never a stack trace, never a guess.
 
-Order of errors: the first error is raised. Structure errors (YAML syntax, duplicate keys, unknown
-or missing keys, wrong types, bad values, key files) are found in document order; after the whole
-document has the right shape, the cross references (zones, peers, senders and receivers of flows)
-are checked and the one earliest in the document is raised.
+Order of errors: the first error is raised, so the order is fixed. YAML syntax errors come first,
+then duplicate keys (in document order). Then the structure is read top-down: each mapping's own
+keys are checked (unknown keys first, because a typo'd key is the cause of the "missing" key it
+leaves behind; then missing keys), and then its values are read in document order (types, values,
+key files). Once the whole document has the right shape, the cross references (zones, peers,
+senders and receivers of flows) are checked and the one earliest in the document is raised.
 
 Pure: reads the config and stats the key files; no sockets, no threads, nothing else of ours.
 """
@@ -658,7 +660,9 @@ def _cross_check(reader: _Reader, config: GatewayConfig) -> None:
                         f"but {zone_key} is {zone!r}",
                     )
                 )
-        if config.name not in (flow.sender, flow.receiver):
+        # Only when both are known: an unknown sender is usually a typo of this gateway's name.
+        known = flow.sender in gateway_zones and flow.receiver in gateway_zones
+        if known and config.name not in (flow.sender, flow.receiver):
             errors.append(
                 reader.at_key(
                     flow_path,
