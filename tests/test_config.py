@@ -831,3 +831,13 @@ def test_quoted_key_still_counts_as_duplicate(gw: Path) -> None:
     expect_error(
         gw, text, line_of(text, '"version"'), "version", "duplicate key 'version' (first at line 2)"
     )
+
+
+def test_python_tags_are_refused_not_constructed(gw: Path) -> None:
+    text = replace_once(VALID, "version: 1\n", "version: !!python/object/apply:os.getpid []\n")
+    expect_error(gw, text, line_of(text, "!!python"), "(top)", "could not determine a constructor")
+
+
+def test_second_yaml_document_is_refused(gw: Path) -> None:
+    text = VALID + "---\nversion: 1\n"
+    expect_error(gw, text, line_of(text, "---"), "(top)", "expected a single document")
