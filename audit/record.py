@@ -112,6 +112,13 @@ FORBIDDEN_NAME_PARTS: tuple[str, ...] = ("key", "secret", "password")
 #: Substrings that betray key material in a value whatever its field is called (PEM armour).
 _FORBIDDEN_VALUE_PARTS: tuple[str, ...] = ("-----BEGIN ", "PRIVATE KEY")
 
+# One encoder for every call: json.dumps would build a new one each time, and verify calls this
+# twice per record. Same settings as json.dumps(obj, sort_keys=True, separators=(",", ":"),
+# ensure_ascii=False).
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 
@@ -122,9 +129,7 @@ def canonical_bytes(obj: Mapping[str, Any]) -> bytes:
     ``ensure_ascii=False`` keeps non-ASCII names (Chinese file names are common here) readable
     in the log; ``allow_nan=False`` because NaN is not JSON and has no single spelling.
     """
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return _ENCODER.encode(obj).encode("utf-8")
 
 
 def record_hash(fields: Mapping[str, Any]) -> str:

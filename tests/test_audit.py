@@ -520,3 +520,25 @@ def test_bad_constructor_arguments() -> None:
         AuditLog("/tmp/x.log", gateway="", agent="ingest")
     with pytest.raises(ValueError):
         AuditLog("/tmp/x.log", gateway="gw", agent="ingest", zone="")
+
+
+def test_long_records_cross_the_tail_read_blocks(tmp_path: Path) -> None:
+    # Records longer than append's 8 KiB backward read block: the last record must still be
+    # found whole, or the chain would break at the next append.
+    path = tmp_path / "audit.log"
+    with AuditLog(path, gateway="gw", agent="ingest") as log:
+        for i in range(6):
+            log.append("checked", note="n" * (9000 * (i % 3) + 7), step=i)
+    result = verify(path)
+    assert result.ok, result.problem
+    assert result.records == 6
+
+
+def test_overlong_line_is_named_without_reading_it_whole(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    make_log(path, 3)
+    with path.open("ab") as f:
+        f.write(b"x" * 200_000 + b"\n")
+    result = verify(path)
+    assert result.first_bad_line == 4
+    assert result.problem == "line 4: record longer than 65536 bytes"
