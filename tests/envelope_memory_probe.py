@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from zonegate.transfer.envelope import DEFAULT_CHUNK_SIZE, Header, key_id, open_envelope, seal
 
 MIB = 1024 * 1024

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from zonegate.audit import (
     EVENTS,
     GENESIS_HASH,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from zonegate.zones.config import (
     DEFAULT_RESEND_WINDOW,
     TRANSPORT_KINDS,

@@ -1,0 +1,409 @@
+"""The receiver agent: takes envelopes off the link, verifies, decrypts and delivers them.
+
+Two stages, each its own thread so a slow disk write never stalls the socket:
+- link: frames -> `tmp/link/<id>/envelope` -> `received/<id>/` once the END frame's digest
+  matches (durable before anything else happens to it);
+- deliver: `received/` -> checks (flow, recipient, sender, replay, sequence) -> open the envelope
+  -> the destination side's own policy -> atomic delivery into `inbox/<flow>/new/`, then a
+  `delivered/<id>` marker that makes delivery idempotent by message id.
+
+It writes nothing to the link. Anything refused is kept in `quarantine/` with its reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ..transfer import envelope as env
+from ..transfer.durable import (
+    durable_rename,
+    fsync_dir,
+    open_exclusive,
+    replace_durably,
+    write_durably,
+)
+from ..transfer.ids import new_message_id
+from ..transfer.keys import load_encryption_private, load_signing_public
+from ..transfer.linkframe import Abort, Begin, Complete, Data, Heartbeat, Reassembler, Stray
+from ..transfer.names import safe_name
+from ..transfer.spool import ENVELOPE, META, MessageMeta
+from ..transfer.zmqlink import ZmqLinkReceiver
+from ..zones.config import Flow
+from .agent import AgentContext, FailClosed, utc_now
+
+__all__ = ["ReceiverAgent", "inbox_dirs"]
+
+log = logging.getLogger("zonegate.receiver")
+ENVELOPE_OVERHEAD = 1024 * 1024  # header, wrapped key, per-chunk tags, signature: generous
+
+
+def inbox_dirs(root: Path, flow: str) -> tuple[Path, Path]:
+    """The (tmp, new) pair of a flow's Maildir-style inbox."""
+    return root / flow / "tmp", root / flow / "new"
+
+
+class Refused(Exception):
+    def __init__(self, code: str, reason: str, event: str = "quarantined") -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+        self.event = event
+
+
+class ReceiverAgent:
+    def __init__(self, ctx: AgentContext) -> None:
+        self.ctx = ctx
+        cfg = ctx.config
+        self.private_key = load_encryption_private(cfg.encryption_key)
+        self.our_key_id = env.key_id(self.private_key.public_key())
+        self.flows: dict[str, Flow] = {f.name: f for f in cfg.incoming_flows()}
+        self.sender_keys: dict[str, Ed25519PublicKey] = {}
+        for flow in self.flows.values():
+            peer = cfg.peer(flow.sender)
+            self.sender_keys[peer.name] = load_signing_public(peer.signing_key)
+        self.lock = threading.Lock()  # serialises moves into received/ against dedup checks
+        for flow in self.flows.values():
+            for d in inbox_dirs(cfg.inbox, flow.name):
+                d.mkdir(parents=True, exist_ok=True)
+
+    # -- running ------------------------------------------------------------------------
+    def run(self) -> None:
+        self.ctx.record("agent-started", outcome="info")
+        self._discard_partial_transfers()
+        threads = [
+            threading.Thread(target=self._guard(self.link_loop, f), name=f"link-{f.name}")
+            for f in self.flows.values()
+        ]
+        threads.append(threading.Thread(target=self._guard(self.deliver_loop), name="deliver"))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if not self.ctx.failed:
+            with contextlib.suppress(FailClosed):
+                self.ctx.record("agent-stopped", outcome="info")
+
+    def _guard(self, fn: Callable[..., None], *args: object) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn(*args)
+            except FailClosed:
+                self.ctx.stop.set()
+            except BaseException:
+                log.exception("%s failed; stopping the agent", threading.current_thread().name)
+                self.ctx.stop.set()
+                raise
+
+        return run
+
+    def _discard_partial_transfers(self) -> None:
+        scratch = self.ctx.spool.dir("tmp/link")
+        for entry in scratch.iterdir():
+            shutil.rmtree(entry, ignore_errors=True)
+        fsync_dir(scratch)
+
+    # -- link stage ---------------------------------------------------------------------
+    def link_loop(self, flow: Flow) -> None:
+        link = ZmqLinkReceiver(flow.transport.endpoint)
+        self.ctx.metrics.link_up.labels(flow.name).set(1)
+        reasm = Reassembler(flow.name, flow.sender, flow.policy.max_size + ENVELOPE_OVERHEAD)
+        current: tuple[str, Path, object, bool] | None = None  # (id, dir, file, resend)
+        try:
+            while not self.ctx.stop.is_set():
+                frames = link.recv(200)
+                if frames is None:
+                    continue
+                for event in reasm.feed(frames):
+                    current = self._on_link_event(flow, event, current)
+        finally:
+            if current is not None:
+                current[2].close()  # type: ignore[attr-defined]
+            link.close()
+
+    def _on_link_event(self, flow: Flow, event: object, current):
+        scratch = self.ctx.spool.dir("tmp/link")
+        if isinstance(event, Begin):
+            if current is not None:
+                current[2].close()
+                shutil.rmtree(current[1], ignore_errors=True)
+            work = scratch / event.transfer
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(mode=0o700)
+            f = open_exclusive(work / ENVELOPE)  # 0600, O_EXCL; lives across frames
+            return (event.transfer, work, f, event.resend)
+        if isinstance(event, Data) and current is not None:
+            current[2].write(event.payload)
+            self.ctx.metrics.bytes.labels(flow.name, "link").inc(len(event.payload))
+            return current
+        if isinstance(event, Complete) and current is not None:
+            msg_id, work, f, resend = current
+            os.fsync(f.fileno())
+            f.close()
+            self._accept_from_link(flow, msg_id, work, resend)
+            return None
+        if isinstance(event, Abort):
+            if current is not None:
+                current[2].close()
+                shutil.rmtree(current[1], ignore_errors=True)
+            self.ctx.metrics.rejections.labels(flow.name, "link", "transfer-aborted").inc()
+            log.warning("flow %s: transfer %s aborted: %s", flow.name, event.transfer, event.reason)
+            return None
+        if isinstance(event, Heartbeat):
+            self.ctx.metrics.last_heartbeat.labels(flow.name).set(time.time())
+            return current
+        if isinstance(event, Stray):
+            self.ctx.metrics.rejections.labels(flow.name, "link", "stray-frame").inc()
+            log.warning("flow %s: dropped a frame: %s", flow.name, event.reason)
+        return current
+
+    def _accept_from_link(self, flow: Flow, msg_id: str, work: Path, resend: bool) -> None:
+        spool = self.ctx.spool
+        meta = MessageMeta(id=msg_id, flow=flow.name, system=flow.sender, original_name="")
+        meta = meta.replace(resent=int(resend), created=utc_now())
+        with self.lock:
+            known = (
+                spool.entry("delivered", msg_id).exists()
+                or spool.entry("received", msg_id).exists()
+            )
+            if known and resend:
+                # The sender could not know this arrived: drop the copy, say so.
+                self.ctx.record(
+                    "duplicate", meta, outcome="info", reason="re-send of a held message"
+                )
+                self.ctx.metrics.messages.labels(flow.name, "receive", "duplicate").inc()
+                shutil.rmtree(work, ignore_errors=True)
+                return
+            write_durably(work / META, meta.to_json())
+            if known:
+                self._quarantine_dir(
+                    work, meta, "replay", "message id was already received or delivered", "replay"
+                )
+                return
+            self.ctx.record("received-on-link", meta)
+            durable_rename(work, spool.entry("received", msg_id))
+        self.ctx.metrics.messages.labels(flow.name, "receive", "received").inc()
+
+    # -- deliver stage ------------------------------------------------------------------
+    def deliver_loop(self) -> None:
+        for msg_id in self.ctx.spool.ids("received"):
+            self.deliver(msg_id)
+        while not self.ctx.stop.is_set():
+            ids = self.ctx.spool.ids("received")
+            for msg_id in ids:
+                if self.ctx.stop.is_set():
+                    return
+                self.deliver(msg_id)
+            if not ids:
+                self.ctx.sleep(0.05)
+
+    def deliver(self, msg_id: str) -> None:
+        spool = self.ctx.spool
+        entry = spool.entry("received", msg_id)
+        try:
+            meta = spool.read_meta("received", msg_id)
+        except Exception as e:
+            meta = MessageMeta(id=msg_id, flow="unknown", system="", original_name="")
+            self._quarantine_received(msg_id, meta, "corrupt", f"unreadable metadata: {e}")
+            return
+        if meta.extra.get("delivering_to"):
+            self._finish_delivery(msg_id, meta)
+            return
+        flow = self.flows.get(meta.flow)
+        try:
+            if flow is None:
+                raise Refused("unknown-flow", f"flow {meta.flow!r} is not received here")
+            header = self._verify_and_open(entry, flow, meta)
+        except Refused as r:
+            self._quarantine_received(msg_id, meta, r.code, r.reason, r.event)
+            return
+        meta = _meta_from_header(header, resent=meta.resent)
+        self._sequence(flow, header.sequence, meta)
+        self._deliver_plaintext(msg_id, meta, flow)
+
+    def _verify_and_open(self, entry: Path, flow: Flow, meta: MessageMeta) -> env.Header:
+        path = entry / ENVELOPE
+        with open(path, "rb") as src:
+            try:
+                header, _length = env.read_header(src)
+            except env.EnvelopeError as e:
+                raise Refused(e.reason, e.detail) from None
+            if header.message_id != meta.id:
+                raise Refused("malformed", "the envelope's id differs from its link transfer id")
+            if header.flow != flow.name or header.sender != flow.sender:
+                raise Refused(
+                    "wrong-flow",
+                    f"envelope for flow {header.flow!r} from {header.sender!r} "
+                    f"arrived on flow {flow.name!r}",
+                )
+            if header.recipient != self.ctx.config.name:
+                raise Refused("wrong-recipient", f"addressed to {header.recipient!r}, not us")
+            if header.size > flow.policy.max_size or header.size < flow.policy.min_size:
+                raise Refused(
+                    "policy-size",
+                    f"{header.size} bytes is outside this side's limits "
+                    f"{flow.policy.min_size}..{flow.policy.max_size}",
+                )
+            inbox_tmp, _new = inbox_dirs(self.ctx.config.inbox, flow.name)
+            part = inbox_tmp / f"{header.message_id}.part"
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+            try:
+                src.seek(0)
+                with open_exclusive(part) as dst:
+                    env.open_envelope(src, dst, self.private_key, self._sender_key)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+            except env.EnvelopeError as e:
+                with contextlib.suppress(FileNotFoundError):
+                    part.unlink()
+                raise Refused(e.reason, e.detail) from None
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    part.unlink()
+                raise
+        self.ctx.record("verified", _meta_from_header(header, resent=meta.resent))
+        return header
+
+    def _sender_key(self, sender: str, key: str) -> Ed25519PublicKey | None:
+        public = self.sender_keys.get(sender)
+        if public is None or env.key_id(public) != key:
+            return None
+        return public
+
+    def _sequence(self, flow: Flow, seq: int, meta: MessageMeta) -> None:
+        path = self.ctx.spool.dir("state") / f"{flow.name}.received-seq"
+        highest = 0
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            highest = int(path.read_text())
+        if seq > highest + 1:
+            missing = seq - highest - 1
+            self.ctx.record(
+                "gap",
+                {"flow": flow.name, "seq": seq},
+                outcome="info",
+                reason=f"sequence {highest + 1}..{seq - 1} not seen before {seq}",
+            )
+            self.ctx.metrics.gaps.labels(flow.name).inc(missing)
+        if seq > highest:
+            replace_durably(path, str(seq).encode())
+
+    def _deliver_plaintext(self, msg_id: str, meta: MessageMeta, flow: Flow) -> None:
+        _tmp, new = inbox_dirs(self.ctx.config.inbox, flow.name)
+        name = safe_name(meta.original_name, fallback=msg_id)
+        meta = meta.replace(extra={"delivering_to": str(new / name)})
+        self.ctx.spool.write_meta("received", msg_id, meta)
+        self._finish_delivery(msg_id, meta)
+
+    def _finish_delivery(self, msg_id: str, meta: MessageMeta) -> None:
+        spool = self.ctx.spool
+        target = Path(meta.extra["delivering_to"])
+        part = target.parent.parent / "tmp" / f"{msg_id}.part"
+        if part.exists():
+            self.ctx.record("delivered", meta, path=target.name)
+            target = _link_no_clobber(part, target, msg_id)
+            part.unlink()
+            fsync_dir(target.parent)
+            fsync_dir(part.parent)
+        else:
+            found = meta.extra.get("delivered_as")
+            if not found:
+                # Crash after the link but before the marker: find the file by its id suffix or
+                # name; delivery already happened, so only the marker is missing.
+                target = _find_delivered(target, msg_id, meta.sha256)
+                if target is None:
+                    self._quarantine_received(
+                        msg_id, meta, "lost-plaintext", "plaintext vanished mid-delivery; re-open"
+                    )
+                    return
+        marker = meta.replace(extra={"delivered_as": str(target), "delivered_at": utc_now()})
+        spool.write_meta("received", msg_id, marker)
+        with self.lock:
+            spool.move(msg_id, "received", "delivered")
+        with contextlib.suppress(FileNotFoundError):
+            (spool.entry("delivered", msg_id) / ENVELOPE).unlink()
+        self.ctx.metrics.messages.labels(meta.flow, "deliver", "delivered").inc()
+        self.ctx.metrics.bytes.labels(meta.flow, "deliver").inc(meta.size)
+
+    # -- refusals -----------------------------------------------------------------------
+    def _quarantine_received(
+        self, msg_id: str, meta: MessageMeta, code: str, reason: str, event: str = "quarantined"
+    ) -> None:
+        with self.lock:
+            work = self.ctx.spool.entry("received", msg_id)
+            self._quarantine_dir(work, meta, code, reason, event)
+
+    def _quarantine_dir(
+        self, work: Path, meta: MessageMeta, code: str, reason: str, event: str
+    ) -> None:
+        """Keep a refused envelope under a fresh id (a replay reuses an id we already hold)."""
+        qid = new_message_id()
+        meta = meta.replace(
+            reason_code=code, reason=reason, extra={**meta.extra, "claimed_id": meta.id}
+        )
+        self.ctx.record(event, meta, outcome="refused", reason=f"{code}: {reason}", quarantine=qid)
+        replace_durably(work / META, meta.to_json())
+        durable_rename(work, self.ctx.spool.entry("quarantine", qid))
+        self.ctx.metrics.messages.labels(meta.flow, "receive", "refused").inc()
+        self.ctx.metrics.rejections.labels(meta.flow, "receive", code).inc()
+        log.warning("quarantined envelope %s as %s: %s: %s", meta.id, qid, code, reason)
+
+
+def _meta_from_header(h: env.Header, resent: int) -> MessageMeta:
+    return MessageMeta(
+        id=h.message_id,
+        flow=h.flow,
+        system=h.system,
+        original_name=h.original_name,
+        size=h.size,
+        sha256=h.sha256,
+        content_type=h.content_type,
+        created=h.created,
+        seq=h.sequence,
+        classification=h.classification,
+        resent=resent,
+    )
+
+
+def _link_no_clobber(src: Path, target: Path, msg_id: str) -> Path:
+    """Hard-link under the target name, or `name (id12).ext` if a different file holds it.
+
+    Idempotent: after a crash between the link and the removal of `src`, the same inode is
+    found under one of the two names and nothing is linked twice.
+    """
+    stem, dot, ext = target.name.partition(".")
+    alt = target.with_name(f"{stem} ({msg_id[:12]}){dot}{ext}")
+    for existing in (target, alt):
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samefile(src, existing):
+                return existing
+    try:
+        os.link(src, target)
+        return target
+    except FileExistsError:
+        pass
+    with contextlib.suppress(FileExistsError):
+        os.link(src, alt)
+    return alt
+
+
+def _find_delivered(target: Path, msg_id: str, sha256: str) -> Path | None:
+    stem, dot, ext = target.name.partition(".")
+    for candidate in (target, target.with_name(f"{stem} ({msg_id[:12]}){dot}{ext}")):
+        if candidate.exists():
+            h = hashlib.sha256()
+            with open(candidate, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+            if h.hexdigest() == sha256:
+                return candidate
+    return None

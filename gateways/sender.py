@@ -1,0 +1,292 @@
+"""The sender agent: seals cleared messages for the receiving gateway and pushes them out.
+
+It never reads from the link. Sequence numbers are given per flow at sealing time. Because
+nothing can acknowledge a message on a one-way link, the sender re-sends, marked as re-sends,
+the messages that might still have been in flight when the link broke or the agent died: the
+tail of `sent/` covering the flow's resend window, and everything left in `active/`. The
+receiver drops a re-send of a message it already holds and records it as a duplicate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from ..transfer import envelope as env
+from ..transfer.durable import fsync_dir, replace_durably
+from ..transfer.keys import load_encryption_public, load_signing_private
+from ..transfer.linkframe import heartbeat_frame
+from ..transfer.spool import DATA, ENVELOPE, META, MessageMeta
+from ..transfer.zmqlink import ZmqLinkSender
+from ..zones.config import Flow
+from .agent import AgentContext, FailClosed, utc_now
+
+__all__ = ["SenderAgent"]
+
+log = logging.getLogger("zonegate.sender")
+HEARTBEAT_INTERVAL = 2.0
+MIN_RESEND_MESSAGES = 8
+
+
+@dataclass
+class _FlowLink:
+    flow: Flow
+    link: ZmqLinkSender
+    recipient_key: X25519PublicKey
+    seq: int = 0
+    last_heartbeat: float = 0.0
+    resend_due: bool = True  # at start: whatever the previous run had in flight
+    was_up: bool = False
+    pending_resends: list[str] = field(default_factory=list)
+
+
+class SenderAgent:
+    def __init__(self, ctx: AgentContext) -> None:
+        self.ctx = ctx
+        cfg = ctx.config
+        self.signing_key: Ed25519PrivateKey = load_signing_private(cfg.signing_key)
+        self.links: dict[str, _FlowLink] = {}
+        for flow in cfg.outgoing_flows():
+            peer = cfg.peer(flow.receiver)
+            link = ZmqLinkSender(flow.transport.endpoint)
+            state = _FlowLink(flow, link, load_encryption_public(peer.encryption_key))
+            state.seq = self._load_seq(flow.name)
+            self.links[flow.name] = state
+        self.ctx.metrics.up.labels("sender", cfg.name).set(1)
+
+    # -- sequence numbers ---------------------------------------------------------------
+    def _seq_file(self, flow: str) -> Path:
+        return self.ctx.spool.dir("state") / f"{flow}.seq"
+
+    def _load_seq(self, flow: str) -> int:
+        """The last sequence number given: the counter file, or higher if a crash beat it."""
+        seq = 0
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            seq = int(self._seq_file(flow).read_text())
+        for msg_id in self.ctx.spool.ids("active"):
+            with contextlib.suppress(Exception):
+                meta = self.ctx.spool.read_meta("active", msg_id)
+                if meta.flow == flow:
+                    seq = max(seq, meta.seq)
+        return seq
+
+    # -- main loop ----------------------------------------------------------------------
+    def run(self) -> None:
+        self.ctx.record("agent-started", outcome="info")
+        for msg_id in self.ctx.spool.ids("active"):
+            # A previous run may have sent these in part or in full: they go again, as re-sends.
+            with contextlib.suppress(Exception):
+                meta = self.ctx.spool.read_meta("active", msg_id)
+                if meta.resent == 0:
+                    self.ctx.spool.write_meta("active", msg_id, meta.replace(resent=1))
+        try:
+            while not self.ctx.stop.is_set():
+                if not self.step():
+                    self.ctx.sleep(0.1)
+            self.ctx.record("agent-stopped", outcome="info")
+        except FailClosed:
+            pass  # the audit log is unwritable: nothing more may move, not even a stop record
+        finally:
+            for state in self.links.values():
+                state.link.close()
+
+    def step(self) -> bool:
+        busy = False
+        self._watch_links()
+        for msg_id in self.ctx.spool.ids("ready"):
+            if self.ctx.stop.is_set():
+                return busy
+            self.seal(msg_id)
+            busy = True
+        for state in self.links.values():
+            if state.resend_due:
+                self._resend_tail(state)
+        for msg_id in self.ctx.spool.ids("active"):
+            if self.ctx.stop.is_set():
+                return busy
+            self.send(msg_id)
+            busy = True
+        self._heartbeats()
+        return busy
+
+    def _watch_links(self) -> None:
+        for state in self.links.values():
+            for event in state.link.link_events():
+                name = state.flow.name
+                if event == "up":
+                    self.ctx.metrics.link_up.labels(name).set(1)
+                    self.ctx.record("link-up", {"flow": name}, outcome="info")
+                    if state.was_up:
+                        # The previous connection broke: what was in flight may be lost.
+                        state.resend_due = True
+                    state.was_up = True
+                else:
+                    self.ctx.metrics.link_up.labels(name).set(0)
+                    self.ctx.record("link-down", {"flow": name}, outcome="info")
+
+    def _heartbeats(self) -> None:
+        now = time.monotonic()
+        for state in self.links.values():
+            if state.link.connected and now - state.last_heartbeat >= HEARTBEAT_INTERVAL:
+                frame = heartbeat_frame(state.flow.name, self.ctx.config.name, state.seq, utc_now())
+                if state.link.send_frames(frame, self.ctx.stop):
+                    state.last_heartbeat = now
+                    self.ctx.metrics.last_heartbeat.labels(state.flow.name).set(time.time())
+
+    # -- sealing ------------------------------------------------------------------------
+    def seal(self, msg_id: str) -> None:
+        spool = self.ctx.spool
+        try:
+            meta = spool.read_meta("ready", msg_id)
+            state = self.links[meta.flow]
+        except Exception as e:
+            self._corrupt("ready", msg_id, None, f"unreadable or unknown flow: {e}")
+            return
+        seq = state.seq + 1
+        meta = meta.replace(seq=seq)
+        self.ctx.record("sealed", meta)
+        spool.move(msg_id, "ready", "active")
+        spool.write_meta("active", msg_id, meta)
+        state.seq = seq
+        replace_durably(self._seq_file(meta.flow), str(seq).encode())
+        self._seal_in_place(msg_id, meta, state)
+
+    def _seal_in_place(self, msg_id: str, meta: MessageMeta, state: _FlowLink) -> bool:
+        entry = self.ctx.spool.entry("active", msg_id)
+        cfg = self.ctx.config
+        header = env.Header(
+            version=1,
+            message_id=meta.id,
+            flow=meta.flow,
+            sequence=meta.seq,
+            sender=cfg.name,
+            recipient=state.flow.receiver,
+            system=meta.system,
+            original_name=meta.original_name,
+            content_type=meta.content_type,
+            size=meta.size,
+            sha256=meta.sha256,
+            created=meta.created or utc_now(),
+            chunk_size=env.DEFAULT_CHUNK_SIZE,
+            sender_key=env.key_id(self.signing_key.public_key()),
+            recipient_key=env.key_id(state.recipient_key),
+            classification=_level(cfg, state.flow.source),
+        )
+        tmp = entry / (ENVELOPE + ".tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        try:
+            fd = os.open(entry / DATA, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as src, open(tmp, "xb") as dst:
+                env.seal(src, dst, header, state.recipient_key, self.signing_key)
+                dst.flush()
+                os.fsync(dst.fileno())
+        except (OSError, env.EnvelopeError) as e:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            self._corrupt("active", msg_id, meta, f"cannot seal: {e}")
+            return False
+        os.rename(tmp, entry / ENVELOPE)
+        (entry / DATA).unlink()  # past this point only ciphertext stays in the spool
+        fsync_dir(entry)
+        self.ctx.metrics.messages.labels(meta.flow, "seal", "ok").inc()
+        return True
+
+    # -- sending ------------------------------------------------------------------------
+    def send(self, msg_id: str) -> None:
+        spool = self.ctx.spool
+        entry = spool.entry("active", msg_id)
+        try:
+            meta = spool.read_meta("active", msg_id)
+            state = self.links[meta.flow]
+        except Exception as e:
+            self._corrupt("active", msg_id, None, f"unreadable or unknown flow: {e}")
+            return
+        # A crash between taking the message and sealing it leaves only plaintext: seal it now.
+        if not (entry / ENVELOPE).exists() and not (
+            (entry / DATA).exists() and self._seal_in_place(msg_id, meta, state)
+        ):
+            if spool.entry("active", msg_id).exists():
+                self._corrupt("active", msg_id, meta, "neither plaintext nor envelope left")
+            return
+        resend = meta.resent > 0
+        ok = state.link.send_envelope(
+            entry / ENVELOPE, meta.id, meta.flow, self.ctx.config.name, resend, self.ctx.stop
+        )
+        if not ok:
+            return  # stopping; the message stays in active/ and goes again next start
+        meta = meta.replace(sent_at=utc_now())
+        self.ctx.record("resent" if resend else "sent", meta)
+        spool.write_meta("active", msg_id, meta)
+        spool.move(msg_id, "active", "sent")
+        size = (spool.entry("sent", msg_id) / ENVELOPE).stat().st_size
+        self.ctx.metrics.messages.labels(meta.flow, "send", "resent" if resend else "sent").inc()
+        self.ctx.metrics.bytes.labels(meta.flow, "send").inc(size)
+
+    def _resend_tail(self, state: _FlowLink) -> None:
+        """Re-send the newest sent messages of a flow, up to its resend window in bytes."""
+        if not state.link.connected:
+            return
+        state.resend_due = False
+        spool = self.ctx.spool
+        candidates: list[tuple[int, str, int]] = []
+        for msg_id in spool.ids("sent"):
+            entry = spool.entry("sent", msg_id)
+            try:
+                mtime = (entry / META).stat().st_mtime_ns
+                size = (entry / ENVELOPE).stat().st_size
+            except FileNotFoundError:
+                continue
+            candidates.append((mtime, msg_id, size))
+        candidates.sort(reverse=True)
+        chosen: list[str] = []
+        total = 0
+        for _mtime, msg_id, size in candidates:
+            try:
+                meta = spool.read_meta("sent", msg_id)
+            except Exception as e:
+                log.warning("skipping unreadable sent/%s in the resend window: %s", msg_id, e)
+                continue
+            if meta.flow != state.flow.name:
+                continue
+            if total >= state.flow.resend_window and len(chosen) >= MIN_RESEND_MESSAGES:
+                break
+            chosen.append(msg_id)
+            total += size
+        for msg_id in reversed(chosen):
+            if self.ctx.stop.is_set():
+                return
+            meta = spool.read_meta("sent", msg_id)
+            entry = spool.entry("sent", msg_id)
+            ok = state.link.send_envelope(
+                entry / ENVELOPE, meta.id, meta.flow, self.ctx.config.name, True, self.ctx.stop
+            )
+            if ok:
+                self.ctx.record("resent", meta, outcome="info", reason="link re-established")
+                self.ctx.metrics.messages.labels(meta.flow, "send", "resent").inc()
+
+    def _corrupt(self, state: str, msg_id: str, meta: MessageMeta | None, reason: str) -> None:
+        spool = self.ctx.spool
+        fields = meta if meta is not None else {"id": msg_id}
+        self.ctx.record("corrupt", fields, outcome="error", reason=reason)
+        with contextlib.suppress(Exception):
+            if meta is not None:
+                spool.write_meta(state, msg_id, meta.replace(reason_code="corrupt", reason=reason))
+        spool.move(msg_id, state, "corrupt")
+        flow = meta.flow if meta is not None else "unknown"
+        self.ctx.metrics.rejections.labels(flow, "send", "corrupt").inc()
+        log.error("message %s moved to corrupt/: %s", msg_id, reason)
+
+
+def _level(cfg: object, zone: str) -> str:
+    for z in cfg.zones:  # type: ignore[attr-defined]
+        if z.name == zone:
+            return z.level
+    return ""

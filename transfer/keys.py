@@ -1,0 +1,146 @@
+"""Gateway key files: generated 0600, refused when readable by anyone else.
+
+Each gateway holds two key pairs: Ed25519 to sign what it sends and X25519 to receive what is
+sealed for it. Files are PEM (PKCS#8 private, SubjectPublicKeyInfo public) so standard tools can
+inspect them; private files are created with O_EXCL and mode 0600 and never overwritten silently.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from .durable import fsync_dir, write_durably
+
+__all__ = [
+    "KeyFileError",
+    "KeyFiles",
+    "generate_gateway_keys",
+    "load_encryption_private",
+    "load_encryption_public",
+    "load_signing_private",
+    "load_signing_public",
+]
+
+
+class KeyFileError(Exception):
+    """A key file is missing, malformed, of the wrong type or too widely readable."""
+
+
+@dataclass(frozen=True)
+class KeyFiles:
+    signing_private: Path
+    signing_public: Path
+    encryption_private: Path
+    encryption_public: Path
+
+
+def key_file_names(directory: Path, name: str) -> KeyFiles:
+    return KeyFiles(
+        signing_private=directory / f"{name}.sign.key",
+        signing_public=directory / f"{name}.sign.pub",
+        encryption_private=directory / f"{name}.kem.key",
+        encryption_public=directory / f"{name}.kem.pub",
+    )
+
+
+def generate_gateway_keys(directory: Path, name: str) -> KeyFiles:
+    """Create a gateway's two key pairs; refuses to overwrite an existing file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = key_file_names(directory, name)
+    for path in (
+        files.signing_private,
+        files.signing_public,
+        files.encryption_private,
+        files.encryption_public,
+    ):
+        if path.exists() or path.is_symlink():
+            raise KeyFileError(f"{path} already exists; remove it first to replace the key")
+    sign = Ed25519PrivateKey.generate()
+    kem = X25519PrivateKey.generate()
+    _write_private(files.signing_private, sign)
+    _write_public(files.signing_public, sign.public_key())
+    _write_private(files.encryption_private, kem)
+    _write_public(files.encryption_public, kem.public_key())
+    fsync_dir(directory)
+    return files
+
+
+def _write_private(path: Path, key: Ed25519PrivateKey | X25519PrivateKey) -> None:
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    write_durably(path, pem, mode=0o600)
+
+
+def _write_public(path: Path, key: Ed25519PublicKey | X25519PublicKey) -> None:
+    pem = key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    write_durably(path, pem, mode=0o644)
+
+
+def _read_private(path: Path) -> object:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise KeyFileError(f"{path}: cannot open private key: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+        if mode & 0o077:
+            raise KeyFileError(
+                f"{path}: permissions {mode:04o} are too open; run: chmod 600 {path}"
+            )
+        data = f.read(64 * 1024)
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        # The parser's message could echo key bytes; say only what a person can act on.
+        raise KeyFileError(f"{path}: not a PEM private key") from None
+
+
+def _read_public(path: Path) -> object:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise KeyFileError(f"{path}: cannot read public key: {e.strerror}") from None
+    try:
+        return serialization.load_pem_public_key(data)
+    except (ValueError, TypeError):
+        raise KeyFileError(f"{path}: not a PEM public key") from None
+
+
+def load_signing_private(path: Path) -> Ed25519PrivateKey:
+    key = _read_private(path)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{path}: expected an Ed25519 private key (the .sign.key file)")
+    return key
+
+
+def load_encryption_private(path: Path) -> X25519PrivateKey:
+    key = _read_private(path)
+    if not isinstance(key, X25519PrivateKey):
+        raise KeyFileError(f"{path}: expected an X25519 private key (the .kem.key file)")
+    return key
+
+
+def load_signing_public(path: Path) -> Ed25519PublicKey:
+    key = _read_public(path)
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyFileError(f"{path}: expected an Ed25519 public key (the .sign.pub file)")
+    return key
+
+
+def load_encryption_public(path: Path) -> X25519PublicKey:
+    key = _read_public(path)
+    if not isinstance(key, X25519PublicKey):
+        raise KeyFileError(f"{path}: expected an X25519 public key (the .kem.pub file)")
+    return key
