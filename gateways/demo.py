@@ -32,7 +32,7 @@ from ..transfer.spool import Spool
 from .agent import AgentContext
 from .submit import SubmitError, expand_paths, submit_files
 
-__all__ = ["DemoError", "run_demo"]
+__all__ = ["DemoError", "run_demo", "write_gateway_pair"]
 
 FLOW = "import"
 SAMPLE_LIMIT = 1024 * 1024
@@ -122,6 +122,25 @@ def _gateway_config(name: str, zone: str, peer: str, peer_zone: str, port: int, 
     }
 
 
+def write_gateway_pair(root: Path, limit: int, port: int | None = None) -> dict[str, Path]:
+    """Keys and configs of the two demo gateways under `root`; returns name -> config path."""
+    for name in ("internet-gw", "internal-gw"):
+        generate_gateway_keys(root / "keys", name)
+    port = port or _free_port()
+    configs = {}
+    for name, zone, peer, peer_zone in (
+        ("internet-gw", "internet", "internal-gw", "internal"),
+        ("internal-gw", "internal", "internet-gw", "internet"),
+    ):
+        d = root / name
+        d.mkdir()
+        cfg = _gateway_config(name, zone, peer, peer_zone, port, limit)
+        path = d / "gateway.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+        configs[name] = path
+    return configs
+
+
 class _Progress:
     def __init__(self, total: int, quiet: bool) -> None:
         self.total = total
@@ -175,20 +194,7 @@ def run_demo(
         limit = FILES_LIMIT if files else SAMPLE_LIMIT
         _say(quiet, "zonegate demo: internet zone -> internal zone, flow 'import'")
         _say(quiet, f"  workdir: {root}{'' if keep else ' (temporary, removed at the end)'}")
-        for name in ("internet-gw", "internal-gw"):
-            generate_gateway_keys(root / "keys", name)
-        port = _free_port()
-        configs = {}
-        for name, zone, peer, peer_zone in (
-            ("internet-gw", "internet", "internal-gw", "internal"),
-            ("internal-gw", "internal", "internet-gw", "internet"),
-        ):
-            d = root / name
-            d.mkdir()
-            cfg = _gateway_config(name, zone, peer, peer_zone, port, limit)
-            path = d / "gateway.yaml"
-            path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
-            configs[name] = path
+        configs = write_gateway_pair(root, limit)
         for name in ("internal-gw", "internet-gw"):
             log = open(root / name / "gateway.log", "ab")  # noqa: SIM115 - child keeps it
             procs.append(

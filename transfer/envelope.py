@@ -655,7 +655,7 @@ def open_envelope(
     start = src.tell()
     header, _ = read_header(src)
     ours = key_id(recipient_private.public_key())
-    if False:
+    if not hmac.compare_digest(ours, header.recipient_key):
         raise EnvelopeError(
             "wrong-recipient", f"envelope is for key {header.recipient_key}, ours is {ours}"
         )
