@@ -475,6 +475,38 @@ def test_last_chunk_flag_is_enforced_even_when_re_signed() -> None:
     assert refusal(blob).reason == "decrypt-failed"
 
 
+class _SwapsAfterFirstPass(io.BytesIO):
+    """A spool file replaced (same length) right after the signature pass has read to its end."""
+
+    def __init__(self, first: bytes, second: bytes) -> None:
+        super().__init__(first)
+        self._second: bytes | None = second
+
+    def readinto(self, buffer: Any) -> int:
+        n = super().readinto(buffer)
+        if self._second is not None and self.tell() == len(self.getvalue()):
+            pos = self.tell()
+            self.seek(0)
+            self.write(self._second)
+            self.seek(pos)
+            self._second = None
+        return n
+
+
+def test_file_swapped_between_passes_does_not_decrypt() -> None:
+    """Pass 2 uses the wrapped key verified in pass 1: chunks sealed by someone else under their
+    own content key (for our public key, same header) do not decrypt."""
+    data = os.urandom(CHUNK + 5)
+    header, blob = sealed(data)
+    forged = _raw_envelope(header.to_bytes(), data, CHUNK, signing_key=OTHER_SENDER)
+    assert len(forged) == len(blob)
+    src = _SwapsAfterFirstPass(blob, forged)
+    with pytest.raises(EnvelopeError) as info:
+        open_envelope(src, io.BytesIO(), RECIPIENT, TRUSTED)
+    assert info.value.reason == "decrypt-failed"
+    assert src._second is None  # the swap did happen
+
+
 def test_wrong_recipient() -> None:
     _, blob = sealed(b"for someone else")
     err = refusal(blob, recipient=OTHER_RECIPIENT)

@@ -24,9 +24,9 @@ import os
 import re
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hpke
@@ -247,7 +247,9 @@ class Header:
     classification: str
     approvals: tuple[dict[str, Any], ...] = ()
     hops: tuple[dict[str, Any], ...] = ()
-    _encoded: bytes = field(default=b"", init=False, repr=False, compare=False)
+    # Cached canonical encoding, set once in __post_init__; a ClassVar annotation keeps it out of
+    # the dataclass fields (eq, repr, asdict, replace).
+    _encoded: ClassVar[bytes]
 
     def __post_init__(self) -> None:
         if not _is_int(self.version) or self.version != FORMAT_VERSION:
@@ -594,9 +596,12 @@ def _resolve_sender(
 
 def _verify_signature(
     src: BinaryIO, header: Header, body_start: int, sender_key: Ed25519PublicKey
-) -> None:
+) -> bytes:
     """Pass 1: hash the wrapped key and the whole body, check the signature. Reads in large
-    blocks independent of chunk boundaries: the signature covers the concatenation."""
+    blocks independent of chunk boundaries: the signature covers the concatenation.
+
+    Returns the verified wrapped key, so pass 2 uses exactly the key the sender signed even if
+    the file changes between the passes (then the chunks no longer decrypt)."""
     src.seek(body_start)
     wrapped = _read_exact(src, WRAPPED_KEY_LENGTH, "wrapped key")
     body_hash = hashlib.sha256()
@@ -615,6 +620,7 @@ def _verify_signature(
         sender_key.verify(signature, message)
     except InvalidSignature:
         raise EnvelopeError("bad-signature", "the sender's signature does not verify") from None
+    return wrapped
 
 
 def verify_envelope(
@@ -661,11 +667,10 @@ def open_envelope(
         )
     sender_key = _resolve_sender(header, sender_public)
     body_start = start + _PREAMBLE.size + len(header.to_bytes()) + _WLEN.size
-    _verify_signature(src, header, body_start, sender_key)
+    wrapped = _verify_signature(src, header, body_start, sender_key)
 
-    # Pass 2.
-    src.seek(body_start)
-    wrapped = _read_exact(src, WRAPPED_KEY_LENGTH, "wrapped key")
+    # Pass 2: the wrapped key comes from pass 1, not from a second read of the file.
+    src.seek(body_start + WRAPPED_KEY_LENGTH)
     content_key = unwrap_content_key(wrapped, header, recipient_private)
     aead = AESGCM(content_key)
     hh = header.digest()
