@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from ..transfer import envelope as env
 from ..transfer.durable import fsync_dir, replace_durably
 from ..transfer.keys import load_encryption_public, load_signing_private
 from ..transfer.linkframe import heartbeat_frame
-from ..transfer.spool import DATA, ENVELOPE, META, MessageMeta
+from ..transfer.spool import DATA, ENVELOPE, META, MessageMeta, SpoolError
 from ..transfer.zmqlink import ZmqLinkSender
 from ..zones.config import Flow
 from .agent import AgentContext, FailClosed, utc_now
@@ -42,9 +43,22 @@ class _FlowLink:
     recipient_key: X25519PublicKey
     seq: int = 0
     last_heartbeat: float = 0.0
-    resend_due: bool = True  # at start: whatever the previous run had in flight
-    was_up: bool = False
-    pending_resends: list[str] = field(default_factory=list)
+    #: (id, envelope bytes) of the newest sent messages, at most the resend window
+    recent: deque[tuple[str, int]] = field(default_factory=deque)
+    #: ids to send again as soon as the link is up, oldest first
+    resend: list[str] = field(default_factory=list)
+    #: messages sent after the link was seen to go down (they went into a dead connection)
+    since_down: list[str] | None = None
+
+    def remember(self, msg_id: str, size: int) -> None:
+        self.recent.append((msg_id, size))
+        total = sum(n for _, n in self.recent)
+        while len(self.recent) > MIN_RESEND_MESSAGES and total - self.recent[0][1] >= (
+            self.flow.resend_window
+        ):
+            total -= self.recent.popleft()[1]
+        if self.since_down is not None:
+            self.since_down.append(msg_id)
 
 
 class SenderAgent:
@@ -59,6 +73,7 @@ class SenderAgent:
             state = _FlowLink(flow, link, load_encryption_public(peer.encryption_key))
             state.seq = self._load_seq(flow.name)
             self.links[flow.name] = state
+        self._load_recent()
         self.ctx.metrics.up.labels("sender", cfg.name).set(1)
 
     # -- sequence numbers ---------------------------------------------------------------
@@ -99,37 +114,68 @@ class SenderAgent:
 
     def step(self) -> bool:
         busy = False
-        self._watch_links()
+        self._service_links()
         for msg_id in self.ctx.spool.ids("ready"):
             if self.ctx.stop.is_set():
                 return busy
             self.seal(msg_id)
             busy = True
-        for state in self.links.values():
-            if state.resend_due:
-                self._resend_tail(state)
         for msg_id in self.ctx.spool.ids("active"):
             if self.ctx.stop.is_set():
                 return busy
+            self._service_links()
             self.send(msg_id)
             busy = True
         self._heartbeats()
         return busy
 
-    def _watch_links(self) -> None:
+    def _service_links(self) -> None:
+        """Follow connection changes; re-send what may have been lost as soon as a link is up.
+
+        When a connection drops, whatever sat in queues and socket buffers is gone and the
+        receiver may have died half-way through a message. Everything sent within the resend
+        window before the drop, and everything sent after it, goes again on reconnect.
+        """
         for state in self.links.values():
+            name = state.flow.name
             for event in state.link.link_events():
-                name = state.flow.name
-                if event == "up":
-                    self.ctx.metrics.link_up.labels(name).set(1)
-                    self.ctx.record("link-up", {"flow": name}, outcome="info")
-                    if state.was_up:
-                        # The previous connection broke: what was in flight may be lost.
-                        state.resend_due = True
-                    state.was_up = True
-                else:
+                if event == "down":
                     self.ctx.metrics.link_up.labels(name).set(0)
                     self.ctx.record("link-down", {"flow": name}, outcome="info")
+                    state.resend.extend(i for i, _ in state.recent)
+                    state.since_down = []
+                else:
+                    self.ctx.metrics.link_up.labels(name).set(1)
+                    self.ctx.record("link-up", {"flow": name}, outcome="info")
+                    state.resend.extend(state.since_down or ())
+                    state.since_down = None
+            if state.resend and state.link.connected and state.since_down is None:
+                self._resend(state)
+
+    def _load_recent(self) -> None:
+        """After a restart, the newest sent messages of each flow may not have arrived."""
+        spool = self.ctx.spool
+        newest: list[tuple[int, str, int]] = []
+        for msg_id in spool.ids("sent"):
+            entry = spool.entry("sent", msg_id)
+            try:
+                mtime = (entry / META).stat().st_mtime_ns
+                size = (entry / ENVELOPE).stat().st_size
+            except FileNotFoundError:
+                continue
+            newest.append((mtime, msg_id, size))
+        newest.sort()
+        for _mtime, msg_id, size in newest[-4096:]:
+            try:
+                meta = spool.read_meta("sent", msg_id)
+            except Exception as e:
+                log.warning("skipping unreadable sent/%s in the resend window: %s", msg_id, e)
+                continue
+            state = self.links.get(meta.flow)
+            if state is not None:
+                state.remember(msg_id, size)
+        for state in self.links.values():
+            state.resend.extend(i for i, _ in state.recent)
 
     def _heartbeats(self) -> None:
         now = time.monotonic()
@@ -227,50 +273,31 @@ class SenderAgent:
         spool.write_meta("active", msg_id, meta)
         spool.move(msg_id, "active", "sent")
         size = (spool.entry("sent", msg_id) / ENVELOPE).stat().st_size
+        state.remember(msg_id, size)
         self.ctx.metrics.messages.labels(meta.flow, "send", "resent" if resend else "sent").inc()
         self.ctx.metrics.bytes.labels(meta.flow, "send").inc(size)
 
-    def _resend_tail(self, state: _FlowLink) -> None:
-        """Re-send the newest sent messages of a flow, up to its resend window in bytes."""
-        if not state.link.connected:
-            return
-        state.resend_due = False
+    def _resend(self, state: _FlowLink) -> None:
         spool = self.ctx.spool
-        candidates: list[tuple[int, str, int]] = []
-        for msg_id in spool.ids("sent"):
+        todo, state.resend = list(dict.fromkeys(state.resend)), []
+        for i, msg_id in enumerate(todo):
+            if self.ctx.stop.is_set() or not state.link.connected:
+                state.resend = todo[i:] + state.resend
+                return
             entry = spool.entry("sent", msg_id)
-            try:
-                mtime = (entry / META).stat().st_mtime_ns
-                size = (entry / ENVELOPE).stat().st_size
-            except FileNotFoundError:
-                continue
-            candidates.append((mtime, msg_id, size))
-        candidates.sort(reverse=True)
-        chosen: list[str] = []
-        total = 0
-        for _mtime, msg_id, size in candidates:
             try:
                 meta = spool.read_meta("sent", msg_id)
-            except Exception as e:
-                log.warning("skipping unreadable sent/%s in the resend window: %s", msg_id, e)
+            except SpoolError as e:  # pruned by retention or moved to corrupt/ meanwhile
+                log.info("not re-sending %s: %s", msg_id, e)
                 continue
-            if meta.flow != state.flow.name:
-                continue
-            if total >= state.flow.resend_window and len(chosen) >= MIN_RESEND_MESSAGES:
-                break
-            chosen.append(msg_id)
-            total += size
-        for msg_id in reversed(chosen):
-            if self.ctx.stop.is_set():
-                return
-            meta = spool.read_meta("sent", msg_id)
-            entry = spool.entry("sent", msg_id)
             ok = state.link.send_envelope(
                 entry / ENVELOPE, meta.id, meta.flow, self.ctx.config.name, True, self.ctx.stop
             )
-            if ok:
-                self.ctx.record("resent", meta, outcome="info", reason="link re-established")
-                self.ctx.metrics.messages.labels(meta.flow, "send", "resent").inc()
+            if not ok:
+                state.resend = todo[i:] + state.resend
+                return
+            self.ctx.record("resent", meta, outcome="info", reason="link re-established")
+            self.ctx.metrics.messages.labels(meta.flow, "send", "resent").inc()
 
     def _corrupt(self, state: str, msg_id: str, meta: MessageMeta | None, reason: str) -> None:
         spool = self.ctx.spool

@@ -1,0 +1,144 @@
+"""Shared test harness: real gateways as real processes on loopback, in a temp directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from zonegate.gateways.agent import AgentContext
+from zonegate.gateways.demo import write_gateway_pair
+from zonegate.transfer.spool import Spool
+
+AGENTS = {"ingest": "internet-gw", "sender": "internet-gw", "receiver": "internal-gw"}
+
+
+def zg(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess[str]:
+    """Run the real `zonegate` command line in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "zonegate.bin.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **kw,
+    )
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, step: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(step)
+
+
+class GatewayPair:
+    """internet-gw (ingest + sender) and internal-gw (receiver), each agent its own process."""
+
+    def __init__(self, root: Path, limit: int = 128 * 1024**2) -> None:
+        self.root = root
+        self.configs = write_gateway_pair(root, limit)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.sender_spool = Spool(root / "internet-gw" / "spool")
+        self.receiver_spool = Spool(root / "internal-gw" / "spool")
+        self.outbox = root / "internet-gw" / "outbox"
+        self.inbox_new = root / "internal-gw" / "inbox" / "import" / "new"
+
+    def config(self, agent: str) -> Path:
+        return self.configs[AGENTS[agent]]
+
+    def start(self, *agents: str) -> None:
+        for agent in agents or tuple(AGENTS):
+            log = open(self.root / f"{agent}.log", "ab")  # noqa: SIM115
+            cmd = [sys.executable, "-m", "zonegate.bin.cli", "run", "-v"]
+            cmd += ["--config", str(self.config(agent)), "--agent", agent]
+            self.procs[agent] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            log.close()
+
+    def kill(self, agent: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[agent]
+        proc.send_signal(sig)
+        proc.wait(30)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def alive(self, agent: str) -> bool:
+        return self.procs[agent].poll() is None
+
+    def metrics(self, agent: str) -> str:
+        spool = self.sender_spool if AGENTS[agent] == "internet-gw" else self.receiver_spool
+        path = AgentContext.runtime_file(spool.root, agent)
+        wait_for(path.exists, 20, f"{agent} runtime file")
+        url = json.loads(path.read_text())["metrics"]
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310
+            return resp.read().decode()
+
+    def audit_log(self, gateway: str) -> Path:
+        return self.root / gateway / "audit" / "audit.jsonl"
+
+    def logs(self) -> str:
+        out = []
+        for agent in AGENTS:
+            p = self.root / f"{agent}.log"
+            if p.exists():
+                out.append(f"--- {agent}\n{p.read_text(errors='replace')[-4000:]}")
+        return "\n".join(out)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[GatewayPair]:
+    gp = GatewayPair(tmp_path)
+    try:
+        yield gp
+    finally:
+        gp.stop()
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        if head == name and not labels:
+            return float(value)
+        if head.startswith(name + "{"):
+            got = dict(
+                part.split("=", 1) for part in head[len(name) + 1 : -1].split(",") if "=" in part
+            )
+            got = {k: v.strip('"') for k, v in got.items()}
+            if all(got.get(k) == v for k, v in labels.items()):
+                return float(value)
+    return 0.0
+
+
+def make_file(path: Path, size: int, seed: int) -> None:
+    """Distinct content per seed without generating `size` random bytes."""
+    block = os.urandom(65536)
+    tag = seed.to_bytes(8, "big")
+    with open(path, "wb") as f:
+        written = 0
+        i = 0
+        while written < size:
+            piece = (tag + i.to_bytes(8, "big") + block)[: size - written]
+            f.write(piece)
+            written += len(piece)
+            i += 1
