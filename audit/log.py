@@ -177,6 +177,7 @@ class AuditLog:
                 _write_all(fd, line)
                 os.fsync(fd)
                 self._last_written = record["seq"]
+                write_head(self.path, record["seq"], record["hash"])
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
@@ -293,3 +294,26 @@ def _count_lines(fd: int) -> int:
         count += block.count(b"\n")
         offset += len(block)
     return count
+
+
+def head_path(path: str | os.PathLike[str]) -> str:
+    return os.fspath(path) + ".head"
+
+
+def write_head(path: str | os.PathLike[str], seq: int, digest: str) -> None:
+    """Note the newest record's seq and hash beside the log, replaced atomically.
+
+    A hash chain alone cannot show that records were cut from its end: the shorter chain is
+    still valid. The head file makes that visible to ``verify`` (a log that ends before the
+    head's seq, or whose record at that seq has another hash). It is a hint, not a proof: it is
+    not fsynced (after a power cut it may lag the log, which verify accepts) and whoever can
+    rewrite the log can rewrite it too; signed checkpoints kept elsewhere are the proof.
+    """
+    final = head_path(path)
+    tmp = f"{final}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        _write_all(fd, json.dumps({"seq": seq, "hash": digest}).encode() + b"\n")
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)

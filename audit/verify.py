@@ -12,6 +12,7 @@ checkpoint (a later issue) will be compared against to close that gap.
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 from collections.abc import Iterator
@@ -58,6 +59,10 @@ def verify(path: str | os.PathLike[str]) -> VerifyResult:
         return bad(None, f"no such file: {os.fspath(path)}")
     except OSError as exc:
         return bad(None, f"cannot read {os.fspath(path)}: {exc}")
+    head = _read_head(path)
+    if isinstance(head, str):
+        return bad(None, head)
+    head_hash: str | None = None
     with f:
         prev = GENESIS_HASH
         while True:
@@ -74,7 +79,41 @@ def verify(path: str | os.PathLike[str]) -> VerifyResult:
             prev = this_hash
             records = lineno
             last_hash = prev
+            if head is not None and lineno == head[0]:
+                head_hash = this_hash
+    if head is not None:
+        seq, digest = head
+        if seq > records:
+            return bad(
+                records + 1,
+                f"line {records + 1}: the log ends at record {records} but its head file "
+                f"records seq {seq}: records were cut from the end",
+            )
+        if head_hash is None or not hmac.compare_digest(head_hash, digest):
+            return bad(
+                seq, f"line {seq}: record differs from the one its head file names (replaced?)"
+            )
     return VerifyResult(True, records, None, None, last_hash)
+
+
+def _read_head(path: str | os.PathLike[str]) -> tuple[int, str] | str | None:
+    """(seq, hash) from the head file beside the log; None if absent; a problem string if bad."""
+    name = os.fspath(path) + ".head"
+    try:
+        with open(name, "rb") as f:
+            raw = f.read(4096)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot read head file {name}: {exc}"
+    try:
+        obj = json.loads(raw)
+        seq, digest = obj["seq"], obj["hash"]
+    except (ValueError, KeyError, TypeError):
+        return f"head file {name} is damaged"
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1 or not isinstance(digest, str):
+        return f"head file {name} is damaged"
+    return seq, digest
 
 
 def _check_line(raw: bytes, lineno: int, prev: str) -> tuple[str | None, str]:

@@ -178,12 +178,19 @@ def test_delete_line(tmp_path: Path, i: int) -> None:
         assert result.problem is not None
         assert result.problem.startswith(f"line {i}: seq {i + 1}, expected {i}")
     else:
-        # Honest limit: cutting records off the END leaves a shorter chain that is valid in
-        # itself. Only an anchor kept elsewhere (the signed checkpoints of a later issue) can
-        # show it; what verify reports is exactly what such an anchor will be compared with.
-        assert result.ok
-        assert result.records == N - 1
-        assert result.last_hash == records[N - 2].hash
+        # Cutting the last record leaves a valid shorter chain; the head file beside the log
+        # still names seq N, so verify reports the cut at the line that is missing.
+        assert not result.ok
+        assert result.first_bad_line == N
+        assert result.problem is not None
+        assert "records were cut from the end" in result.problem
+        # Without the head file (an attacker who removes it too) the chain alone cannot tell:
+        # signed checkpoints kept elsewhere (a later issue) close that gap.
+        Path(str(path) + ".head").unlink()
+        alone = verify(path)
+        assert alone.ok
+        assert alone.records == N - 1
+        assert alone.last_hash == records[N - 2].hash
 
 
 @pytest.mark.parametrize("i", range(1, N + 1))
@@ -241,12 +248,11 @@ def test_rehashed_edit_is_caught_by_the_next_line(tmp_path: Path, i: int) -> Non
             "(a record was deleted, inserted or reordered)"
         )
     else:
-        # Honest limit: the last record, edited and re-hashed, has no successor to contradict
-        # it. The chain alone cannot catch this; signed checkpoints (a later issue) will, by
-        # comparing last_hash with the signed one. Assert the behaviour as it is.
-        assert result.ok
-        assert result.records == N
-        assert result.last_hash == json.loads(lines[-1])["hash"]
+        # The last record has no successor to contradict it, but the head file names its
+        # original hash.
+        assert not result.ok
+        assert result.first_bad_line == N
+        assert "differs from the one its head file names" in (result.problem or "")
 
 
 def test_rehashed_first_record_with_forged_prev(tmp_path: Path) -> None:
