@@ -147,7 +147,9 @@ class Reassembler:
             return None
         try:
             body = json.loads(frames[1])
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # RecursionError: a few KiB of "[[[[" nest deeper than the decoder recurses; a
+            # frame from the link must become a Stray, never an exception in the receiver loop.
             return None
         return body if isinstance(body, dict) else None
 
