@@ -147,7 +147,9 @@ class Spool:
         path = self.entry(state, msg_id) / META
         try:
             return MessageMeta.from_json(path.read_bytes())
-        except (OSError, ValueError, TypeError) as e:
+        except (OSError, ValueError, TypeError, RecursionError) as e:
+            # RecursionError: deeply nested JSON; still "unreadable", so it goes to corrupt/
+            # instead of crashing the agent on every restart.
             raise SpoolError(f"{path}: unreadable metadata ({e})") from None
 
     def write_meta(self, state: str, msg_id: str, meta: MessageMeta) -> None:
