@@ -18,7 +18,9 @@ _RESERVED = {
     *(f"com{i}" for i in range(10)),
     *(f"lpt{i}" for i in range(10)),
 }  # fmt: skip
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f/\\]")
+#: C0/C1 controls, DEL, separators, and lone surrogates (surrogate-escaped bytes that are not
+#: UTF-8): safe_name must turn those into "_" rather than fail to encode the result.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f/\\\ud800-\udfff]")
 
 
 def name_problem(name: str) -> str | None:
