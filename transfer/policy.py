@@ -66,7 +66,9 @@ def check(candidate: Candidate, policy: Policy, checks: Sequence[Check] = CHECKS
         try:
             refusal = step(candidate, policy)
         except Exception as e:  # fail closed: a broken check must not pass a file
-            return Refusal("check-failed", step.__name__.strip("_"), f"check crashed: {e}")
+            # a partial or callable object has no __name__; the refusal must not depend on it
+            rule = getattr(step, "__name__", type(step).__name__).strip("_")
+            return Refusal("check-failed", rule, f"check crashed: {e}")
         if refusal is not None:
             return refusal
     return None
