@@ -12,6 +12,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -102,7 +103,7 @@ def _read_private(path: Path) -> object:
         data = f.read(64 * 1024)
     try:
         return serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         # The parser's message could echo key bytes; say only what a person can act on.
         raise KeyFileError(f"{path}: not a PEM private key") from None
 
@@ -114,7 +115,7 @@ def _read_public(path: Path) -> object:
         raise KeyFileError(f"{path}: cannot read public key: {e.strerror}") from None
     try:
         return serialization.load_pem_public_key(data)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise KeyFileError(f"{path}: not a PEM public key") from None
 
 
