@@ -91,11 +91,16 @@ def _write_public(path: Path, key: Ed25519PublicKey | X25519PublicKey) -> None:
 
 def _read_private(path: Path) -> object:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO at the key path must be refused below, not block the agent forever
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
         raise KeyFileError(f"{path}: cannot open private key: {e.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise KeyFileError(f"{path}: a private key must be a regular file")
     with os.fdopen(fd, "rb") as f:
-        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+        mode = stat.S_IMODE(st.st_mode)
         if mode & 0o077:
             raise KeyFileError(
                 f"{path}: permissions {mode:04o} are too open; run: chmod 600 {path}"
