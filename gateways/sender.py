@@ -34,6 +34,7 @@ __all__ = ["SenderAgent"]
 log = logging.getLogger("zonegate.sender")
 HEARTBEAT_INTERVAL = 2.0
 MIN_RESEND_MESSAGES = 8
+PRUNE_INTERVAL = 60.0
 
 
 @dataclass
@@ -67,6 +68,7 @@ class SenderAgent:
         cfg = ctx.config
         self.signing_key: Ed25519PrivateKey = load_signing_private(cfg.signing_key)
         self.links: dict[str, _FlowLink] = {}
+        self._last_prune = 0.0
         for flow in cfg.outgoing_flows():
             peer = cfg.peer(flow.receiver)
             link = ZmqLinkSender(flow.transport.endpoint)
@@ -127,7 +129,35 @@ class SenderAgent:
             self.send(msg_id)
             busy = True
         self._heartbeats()
+        if time.monotonic() - self._last_prune > PRUNE_INTERVAL:
+            self.prune_sent()
         return busy
+
+    def prune_sent(self, now: float | None = None) -> int:
+        """Remove sent envelopes older than their flow's retention, outside the resend window."""
+        self._last_prune = time.monotonic()
+        now = time.time() if now is None else now
+        spool = self.ctx.spool
+        keep = {i for state in self.links.values() for i, _ in state.recent}
+        removed = 0
+        for msg_id in spool.ids("sent"):
+            if msg_id in keep or self.ctx.stop.is_set():
+                continue
+            try:
+                age = now - (spool.entry("sent", msg_id) / META).stat().st_mtime
+                meta = spool.read_meta("sent", msg_id)
+            except (FileNotFoundError, SpoolError):
+                continue
+            state = self.links.get(meta.flow)
+            retention = state.flow.sent_retention if state else 0.0
+            if age < retention:
+                continue
+            self.ctx.record(
+                "expired", meta, outcome="info", reason="sent envelope removed after retention"
+            )
+            spool.remove("sent", msg_id)
+            removed += 1
+        return removed
 
     def _service_links(self) -> None:
         """Follow connection changes; re-send what may have been lost as soon as a link is up.

@@ -61,6 +61,7 @@ TRANSPORT_KINDS: frozenset[str] = frozenset({"zmq"})
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 DEFAULT_MAX_SIZE = 64 * 1024**2
 DEFAULT_RESEND_WINDOW = 64 * 1024**2
+DEFAULT_SENT_RETENTION = 7 * 86400.0
 #: Size units: SI units are 1000-based, IEC units 1024-based, as their standards say.
 SIZE_UNITS: Mapping[str, int] = {
     "B": 1,
@@ -152,6 +153,8 @@ class Flow:
     transport: Transport
     policy: Policy
     resend_window: int
+    #: seconds a sent envelope is kept in sent/ (for re-sends and inspection) before removal
+    sent_retention: float = DEFAULT_SENT_RETENTION
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,25 @@ class GatewayConfig:
     def incoming_flows(self) -> tuple[Flow, ...]:
         """Flows this gateway receives on (its receiver agent serves these)."""
         return tuple(flow for flow in self.flows if flow.receiver == self.name)
+
+
+_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value: int | float | str) -> float:
+    """Seconds from an int/float or a string such as "90s", "15m", "24h", "7d"."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 3600, '15m', '24h' or '7d', got a boolean")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION_RE.fullmatch(value)):
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    else:
+        raise ValueError(f"expected a duration such as 3600, '15m', '24h' or '7d', got {value!r}")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
 
 
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
@@ -411,6 +433,12 @@ class _Reader:
         except ValueError as exc:
             raise self.at_value(path, str(exc)) from None
 
+    def duration(self, value: object, path: YamlPath) -> float:
+        try:
+            return parse_duration(value)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise self.at_value(path, str(exc)) from None
+
     def path(self, value: object, path: YamlPath) -> Path:
         """A filesystem path; relative ones resolve against the config file's directory."""
         text = self.string(value, path)
@@ -564,6 +592,7 @@ class _Reader:
             "transport": self.transport,
             "policy": self.policy,
             "resend_window": self.size,
+            "sent_retention": self.duration,
         }
         for index, item in enumerate(self.sequence(value, path)):
             item_path = (*path, index)
@@ -571,9 +600,13 @@ class _Reader:
                 item,
                 item_path,
                 ("name", "from", "to", "sender", "receiver", "transport"),
-                ("policy", "resend_window"),
+                ("policy", "resend_window", "sent_retention"),
             )
-            defaults = {"policy": Policy(), "resend_window": DEFAULT_RESEND_WINDOW}
+            defaults = {
+                "policy": Policy(),
+                "resend_window": DEFAULT_RESEND_WINDOW,
+                "sent_retention": DEFAULT_SENT_RETENTION,
+            }
             parsed.append(defaults | self.fields(raw, item_path, readers))
         self.unique(parsed, path, "flow")
         return tuple(
@@ -586,6 +619,7 @@ class _Reader:
                 transport=flow["transport"],
                 policy=flow["policy"],
                 resend_window=flow["resend_window"],
+                sent_retention=flow["sent_retention"],
             )
             for flow in parsed
         )
