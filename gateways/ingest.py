@@ -18,7 +18,7 @@ from pathlib import Path
 from ..transfer.durable import durable_rename, fsync_dir, write_durably
 from ..transfer.ids import new_message_id
 from ..transfer.policy import Candidate, Refusal, check
-from ..transfer.spool import DATA, META, MessageMeta
+from ..transfer.spool import DATA, META, MessageMeta, SpoolError
 from ..zones.config import Flow
 from .agent import AgentContext, FailClosed, utc_now
 
@@ -133,16 +133,25 @@ class IngestAgent:
 
     def check_incoming(self, msg_id: str) -> None:
         spool = self.ctx.spool
-        meta = spool.read_meta("incoming", msg_id)
-        flow = self.ctx.config.flow(meta.flow)
-        data = spool.entry("incoming", msg_id) / DATA
-        refusal: Refusal | None = None
-        if meta.extra.get("not_regular"):
-            refusal = Refusal("not-regular-file", "type", "not a regular file (link or device)")
-        else:
-            size, digest = _hash_file(data)
-            meta = meta.replace(size=size, sha256=digest)
-            refusal = check(Candidate(meta.original_name, size, str(data)), flow.policy)
+        try:
+            meta = spool.read_meta("incoming", msg_id)
+            flow = self.ctx.config.flow(meta.flow)
+            data = spool.entry("incoming", msg_id) / DATA
+            refusal: Refusal | None = None
+            if meta.extra.get("not_regular"):
+                refusal = Refusal("not-regular-file", "type", "not a regular file (link or device)")
+            else:
+                size, digest = _hash_file(data)
+                meta = meta.replace(size=size, sha256=digest)
+                refusal = check(Candidate(meta.original_name, size, str(data)), flow.policy)
+        except (SpoolError, OSError, KeyError) as e:
+            # Damaged on disk, or a flow no longer configured: set it aside, keep going.
+            reason = f"cannot check the claimed file: {e}"
+            self.ctx.record("corrupt", {"id": msg_id}, outcome="error", reason=reason)
+            spool.move(msg_id, "incoming", "corrupt")
+            self.ctx.metrics.rejections.labels("unknown", "ingest", "corrupt").inc()
+            log.error("moved %s to corrupt/: %s", msg_id, reason)
+            return
         if refusal is None:
             self.ctx.record("checked", meta)
             spool.write_meta("incoming", msg_id, meta)
