@@ -233,3 +233,11 @@ def test_a_crashing_check_without_a_name_still_refuses(broken) -> None:
     r = check(cand(100), POLICY, checks=(broken,))
     assert r is not None
     assert r.code == "check-failed"
+
+
+def test_bidirectional_overrides_are_refused_and_replaced() -> None:
+    spoof = "invoice\u202egpj.exe"  # displays as "invoiceexe.jpg"
+    assert name_problem(spoof) is not None
+    assert "bidirectional" in (name_problem(spoof) or "")
+    assert "\u202e" not in safe_name(spoof, "x")
+    assert safe_name(spoof, "x") == "invoice_gpj.exe"

@@ -18,9 +18,10 @@ _RESERVED = {
     *(f"com{i}" for i in range(10)),
     *(f"lpt{i}" for i in range(10)),
 }  # fmt: skip
-#: C0/C1 controls, DEL, separators, and lone surrogates (surrogate-escaped bytes that are not
-#: UTF-8): safe_name must turn those into "_" rather than fail to encode the result.
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f/\\\ud800-\udfff]")
+#: C0/C1 controls, DEL, separators, lone surrogates (surrogate-escaped bytes that are not
+#: UTF-8: safe_name must turn them into "_" rather than fail to encode the result), and the
+#: bidirectional-text controls that make a name display as another (U+202E turns "gpj.exe").
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f/\\\ud800-\udfff\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def name_problem(name: str) -> str | None:
@@ -34,7 +35,7 @@ def name_problem(name: str) -> str | None:
     if len(encoded) > MAX_NAME_BYTES:
         return f"the file name is {len(encoded)} bytes long; the limit is {MAX_NAME_BYTES}"
     if _UNSAFE.search(name):
-        return "the file name holds a control or path-separator character"
+        return "the file name holds a control, bidirectional-override or path-separator character"
     return None
 
 
