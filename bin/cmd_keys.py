@@ -1,0 +1,34 @@
+"""`zonegate keys`: key management."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import EXIT_FAIL, EXIT_OK, CliError, emit
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from ..transfer.keys import KeyFileError, generate_gateway_keys
+
+    try:
+        files = generate_gateway_keys(Path(args.dir), args.name)
+    except KeyFileError as e:
+        raise CliError(str(e), EXIT_FAIL) from None
+    data = {k: str(v) for k, v in vars(files).items()}
+    emit(args, data, "\n".join(f"{k}: {v}" for k, v in data.items()))
+    return EXIT_OK
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    k = sub.add_parser("keys", help="key management")
+    ksub = k.add_subparsers(dest="keys_command", metavar="ACTION")
+    ksub.required = True
+    kg = ksub.add_parser(
+        "generate",
+        help="generate a gateway's signing and encryption key pairs (private files 0600)",
+    )
+    kg.add_argument("--name", required=True, help="gateway name, e.g. internet-gw")
+    kg.add_argument("--dir", required=True, metavar="DIR", help="where to write the key files")
+    kg.add_argument("--json", action="store_true")
+    kg.set_defaults(func=cmd_keys_generate)
