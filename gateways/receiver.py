@@ -34,10 +34,9 @@ from ..transfer.durable import (
 )
 from ..transfer.ids import new_message_id
 from ..transfer.keys import load_encryption_private, load_signing_public
-from ..transfer.linkframe import Abort, Begin, Complete, Data, Heartbeat, Reassembler, Stray
+from ..transfer.link import Arrival, LinkNote, open_receiver
 from ..transfer.names import safe_name
 from ..transfer.spool import ENVELOPE, META, MessageMeta
-from ..transfer.zmqlink import ZmqLinkReceiver
 from ..zones.config import Flow
 from .agent import AgentContext, FailClosed, utc_now
 
@@ -114,57 +113,27 @@ class ReceiverAgent:
 
     # -- link stage ---------------------------------------------------------------------
     def link_loop(self, flow: Flow) -> None:
-        link = ZmqLinkReceiver(flow.transport.endpoint)
+        scratch = self.ctx.spool.dir("tmp/link")
+        link = open_receiver(flow, scratch, flow.policy.max_size + ENVELOPE_OVERHEAD)
         self.ctx.metrics.link_up.labels(flow.name).set(1)
-        reasm = Reassembler(flow.name, flow.sender, flow.policy.max_size + ENVELOPE_OVERHEAD)
-        current: tuple[str, Path, object, bool] | None = None  # (id, dir, file, resend)
         try:
             while not self.ctx.stop.is_set():
-                frames = link.recv(200)
-                if frames is None:
-                    continue
-                for event in reasm.feed(frames):
-                    current = self._on_link_event(flow, event, current)
+                for item in link.poll(200):
+                    if isinstance(item, Arrival):
+                        self.ctx.metrics.bytes.labels(flow.name, "link").inc(item.size)
+                        self._accept_from_link(flow, item.transfer, item.directory, item.resend)
+                    else:
+                        self._on_note(flow, item)
         finally:
-            if current is not None:
-                current[2].close()  # type: ignore[attr-defined]
             link.close()
 
-    def _on_link_event(self, flow: Flow, event: object, current):
-        scratch = self.ctx.spool.dir("tmp/link")
-        if isinstance(event, Begin):
-            if current is not None:
-                current[2].close()
-                shutil.rmtree(current[1], ignore_errors=True)
-            work = scratch / event.transfer
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(mode=0o700)
-            f = open_exclusive(work / ENVELOPE)  # 0600, O_EXCL; lives across frames
-            return (event.transfer, work, f, event.resend)
-        if isinstance(event, Data) and current is not None:
-            current[2].write(event.payload)
-            self.ctx.metrics.bytes.labels(flow.name, "link").inc(len(event.payload))
-            return current
-        if isinstance(event, Complete) and current is not None:
-            msg_id, work, f, resend = current
-            os.fsync(f.fileno())
-            f.close()
-            self._accept_from_link(flow, msg_id, work, resend)
-            return None
-        if isinstance(event, Abort):
-            if current is not None:
-                current[2].close()
-                shutil.rmtree(current[1], ignore_errors=True)
-            self.ctx.metrics.rejections.labels(flow.name, "link", "transfer-aborted").inc()
-            log.warning("flow %s: transfer %s aborted: %s", flow.name, event.transfer, event.reason)
-            return None
-        if isinstance(event, Heartbeat):
+    def _on_note(self, flow: Flow, note: LinkNote) -> None:
+        if note.kind == "heartbeat":
             self.ctx.metrics.last_heartbeat.labels(flow.name).set(time.time())
-            return current
-        if isinstance(event, Stray):
-            self.ctx.metrics.rejections.labels(flow.name, "link", "stray-frame").inc()
-            log.warning("flow %s: dropped a frame: %s", flow.name, event.reason)
-        return current
+            return
+        reason = {"aborted": "transfer-aborted", "stray": "stray-frame"}.get(note.kind, note.kind)
+        self.ctx.metrics.rejections.labels(flow.name, "link", reason).inc()
+        log.warning("flow %s: %s: %s", flow.name, note.kind, note.reason)
 
     def _accept_from_link(self, flow: Flow, msg_id: str, work: Path, resend: bool) -> None:
         spool = self.ctx.spool

@@ -23,9 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from ..transfer import envelope as env
 from ..transfer.durable import fsync_dir, replace_durably
 from ..transfer.keys import load_encryption_public, load_signing_private
-from ..transfer.linkframe import heartbeat_frame
+from ..transfer.link import LinkSender, open_sender
 from ..transfer.spool import DATA, ENVELOPE, META, MessageMeta, SpoolError
-from ..transfer.zmqlink import ZmqLinkSender
 from ..zones.config import Flow
 from .agent import AgentContext, FailClosed, utc_now
 
@@ -40,7 +39,7 @@ PRUNE_INTERVAL = 60.0
 @dataclass
 class _FlowLink:
     flow: Flow
-    link: ZmqLinkSender
+    link: LinkSender
     recipient_key: X25519PublicKey
     seq: int = 0
     last_heartbeat: float = 0.0
@@ -71,7 +70,7 @@ class SenderAgent:
         self._last_prune = 0.0
         for flow in cfg.outgoing_flows():
             peer = cfg.peer(flow.receiver)
-            link = ZmqLinkSender(flow.transport.endpoint)
+            link = open_sender(flow)
             state = _FlowLink(flow, link, load_encryption_public(peer.encryption_key))
             state.seq = self._load_seq(flow.name)
             self.links[flow.name] = state
@@ -210,11 +209,14 @@ class SenderAgent:
     def _heartbeats(self) -> None:
         now = time.monotonic()
         for state in self.links.values():
-            if state.link.connected and now - state.last_heartbeat >= HEARTBEAT_INTERVAL:
-                frame = heartbeat_frame(state.flow.name, self.ctx.config.name, state.seq, utc_now())
-                if state.link.send_frames(frame, self.ctx.stop):
-                    state.last_heartbeat = now
-                    self.ctx.metrics.last_heartbeat.labels(state.flow.name).set(time.time())
+            if not state.link.connected or now - state.last_heartbeat < HEARTBEAT_INTERVAL:
+                continue
+            name = state.flow.name
+            if state.link.send_heartbeat(
+                name, self.ctx.config.name, state.seq, utc_now(), self.ctx.stop
+            ):
+                state.last_heartbeat = now
+                self.ctx.metrics.last_heartbeat.labels(name).set(time.time())
 
     # -- sealing ------------------------------------------------------------------------
     def seal(self, msg_id: str) -> None:

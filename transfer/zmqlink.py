@@ -9,16 +9,37 @@ link. The receiver's socket never sends.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
+import shutil
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from .linkframe import MAX_PAYLOAD, begin_frame, data_frame, end_frame
+from ..zones.config import Flow
+from .durable import open_exclusive
+from .link import ENVELOPE_FILE, Arrival, LinkNote, register_transport
+from .linkframe import (
+    MAX_PAYLOAD,
+    Abort,
+    Begin,
+    Complete,
+    Data,
+    Heartbeat,
+    Reassembler,
+    Stray,
+    begin_frame,
+    data_frame,
+    end_frame,
+    heartbeat_frame,
+)
 
-__all__ = ["ZmqLinkReceiver", "ZmqLinkSender", "in_flight_bound"]
+__all__ = ["ZmqEnvelopeReceiver", "ZmqLinkReceiver", "ZmqLinkSender", "in_flight_bound"]
 
 HWM = 16
 SOCKET_BUFFER = 4 * 1024 * 1024
@@ -72,9 +93,6 @@ class ZmqLinkSender:
                 self.sock.poll(200, zmq.POLLOUT)
         return False
 
-    def send_frames(self, frames: list[bytes], stop: threading.Event) -> bool:
-        return self._send(frames, stop)
-
     def send_envelope(
         self,
         path: Path,
@@ -85,8 +103,6 @@ class ZmqLinkSender:
         stop: threading.Event,
     ) -> bool:
         """Stream one envelope file; False if asked to stop before the END frame left."""
-        import hashlib
-
         h = hashlib.sha256()
         with open(path, "rb", buffering=0) as f:
             length = f.seek(0, 2)
@@ -103,6 +119,11 @@ class ZmqLinkSender:
                     return False
                 offset += len(chunk)
         return self._send(end_frame(transfer, h.digest()), stop)
+
+    def send_heartbeat(
+        self, flow: str, sender: str, last_seq: int, sent_at: str, stop: threading.Event
+    ) -> bool:
+        return self._send(heartbeat_frame(flow, sender, last_seq, sent_at), stop)
 
     def close(self) -> None:
         self.sock.disable_monitor()
@@ -127,3 +148,76 @@ class ZmqLinkReceiver:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class ZmqEnvelopeReceiver:
+    """Frames off the PULL socket, reassembled into envelope files in the agent's scratch dir."""
+
+    def __init__(self, flow: Flow, scratch: Path, max_length: int) -> None:
+        self.scratch = scratch
+        self.link = ZmqLinkReceiver(flow.transport.endpoint)
+        self.reasm = Reassembler(flow.name, flow.sender, max_length)
+        self._open: tuple[str, Path, BinaryIO, bool] | None = None  # id, dir, file, resend
+        self._written = 0
+
+    def poll(self, timeout_ms: int) -> list[Arrival | LinkNote]:
+        frames = self.link.recv(timeout_ms)
+        if frames is None:
+            return []
+        out: list[Arrival | LinkNote] = []
+        for event in self.reasm.feed(frames):
+            note = self._apply(event)
+            if note is not None:
+                out.append(note)
+        return out
+
+    def _discard(self) -> None:
+        if self._open is not None:
+            _tid, work, f, _resend = self._open
+            f.close()
+            shutil.rmtree(work, ignore_errors=True)
+            self._open = None
+
+    def _apply(self, event: object) -> Arrival | LinkNote | None:
+        if isinstance(event, Begin):
+            self._discard()
+            work = self.scratch / event.transfer
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(mode=0o700)
+            self._open = (event.transfer, work, open_exclusive(work / ENVELOPE_FILE), event.resend)
+            self._written = 0
+            return None
+        if isinstance(event, Data) and self._open is not None:
+            self._open[2].write(event.payload)
+            self._written += len(event.payload)
+            return None
+        if isinstance(event, Complete) and self._open is not None:
+            tid, work, f, resend = self._open
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            self._open = None
+            return Arrival(tid, work, resend, event.length)
+        if isinstance(event, Abort):
+            written = self._written
+            self._discard()
+            return LinkNote(
+                "aborted", event.reason, transfer=event.transfer, received_bytes=written
+            )
+        if isinstance(event, Heartbeat):
+            return LinkNote("heartbeat", last_seq=event.last_seq)
+        if isinstance(event, Stray):
+            return LinkNote("stray", event.reason)
+        return None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._discard()
+        self.link.close()
+
+
+register_transport(
+    "zmq",
+    lambda flow: ZmqLinkSender(flow.transport.endpoint),
+    ZmqEnvelopeReceiver,
+)

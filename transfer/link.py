@@ -1,0 +1,116 @@
+"""What a link is to the agents: the contract every transport (zmq, udp, ferry, sftp) keeps.
+
+The sender agent hands a link one sealed envelope file at a time and never reads from it; the
+receiver agent polls its link for envelopes that have arrived *whole and durably on disk* in a
+scratch directory, plus notes about the link (heartbeats, aborted transfers, stray input,
+messages the transport knows it lost). How bytes cross (frames over TCP, FEC-protected UDP
+datagrams, files on removable media) is each transport's own business.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from ..zones.config import Flow
+
+__all__ = [
+    "Arrival",
+    "LinkNote",
+    "LinkReceiver",
+    "LinkSender",
+    "open_receiver",
+    "open_sender",
+    "register_transport",
+]
+
+ENVELOPE_FILE = "envelope"
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A complete envelope at `directory / "envelope"`, fsynced; the agent takes the directory."""
+
+    transfer: str
+    directory: Path
+    resend: bool
+    size: int
+
+
+@dataclass(frozen=True)
+class LinkNote:
+    """Something the agent should count or record: kind is a bounded metric label.
+
+    Kinds: "heartbeat" (last_seq set), "aborted" (a transfer broke off), "stray" (input that
+    belongs to nothing), "lost" (the transport knows a message will never complete).
+    """
+
+    kind: str
+    reason: str = ""
+    last_seq: int | None = None
+    transfer: str | None = None
+    received_bytes: int = 0
+
+
+class LinkSender(Protocol):
+    """Sending end: never listens, never reads."""
+
+    @property
+    def connected(self) -> bool:
+        """Whether a send can make progress now (connection-less transports: always True)."""
+        ...
+
+    def link_events(self) -> list[str]:
+        """Connection changes since the last call: "up" / "down" (connection-less: none)."""
+        ...
+
+    def send_envelope(
+        self, path: Path, transfer: str, flow: str, sender: str, resend: bool, stop: threading.Event
+    ) -> bool:
+        """Send one envelope; False if `stop` was set before it was handed over whole."""
+        ...
+
+    def send_heartbeat(
+        self, flow: str, sender: str, last_seq: int, sent_at: str, stop: threading.Event
+    ) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class LinkReceiver(Protocol):
+    """Receiving end: writes nothing towards the sender."""
+
+    def poll(self, timeout_ms: int) -> list[Arrival | LinkNote]: ...
+
+    def close(self) -> None: ...
+
+
+SenderFactory = Callable[[Flow], LinkSender]
+ReceiverFactory = Callable[[Flow, Path, int], LinkReceiver]
+_TRANSPORTS: dict[str, tuple[SenderFactory, ReceiverFactory]] = {}
+
+
+def register_transport(kind: str, sender: SenderFactory, receiver: ReceiverFactory) -> None:
+    _TRANSPORTS[kind] = (sender, receiver)
+
+
+def _factories(kind: str) -> tuple[SenderFactory, ReceiverFactory]:
+    if not _TRANSPORTS:
+        from . import zmqlink  # noqa: F401 - registers itself
+
+    try:
+        return _TRANSPORTS[kind]
+    except KeyError:
+        raise ValueError(f"no transport of kind {kind!r}") from None
+
+
+def open_sender(flow: Flow) -> LinkSender:
+    return _factories(flow.transport.kind)[0](flow)
+
+
+def open_receiver(flow: Flow, scratch: Path, max_length: int) -> LinkReceiver:
+    """`scratch` is the agent's private directory for envelopes still arriving."""
+    return _factories(flow.transport.kind)[1](flow, scratch, max_length)
