@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import logging
 import os
 import shutil
@@ -121,7 +122,7 @@ class ReceiverAgent:
                 for item in link.poll(200):
                     if isinstance(item, Arrival):
                         self.ctx.metrics.bytes.labels(flow.name, "link").inc(item.size)
-                        self._accept_from_link(flow, item.transfer, item.directory, item.resend)
+                        self._accept_from_link(flow, item)
                     else:
                         self._on_note(flow, item)
         finally:
@@ -135,10 +136,13 @@ class ReceiverAgent:
         self.ctx.metrics.rejections.labels(flow.name, "link", reason).inc()
         log.warning("flow %s: %s: %s", flow.name, note.kind, note.reason)
 
-    def _accept_from_link(self, flow: Flow, msg_id: str, work: Path, resend: bool) -> None:
+    def _accept_from_link(self, flow: Flow, arrival: Arrival) -> None:
         spool = self.ctx.spool
+        msg_id, work, resend = arrival.transfer, arrival.directory, arrival.resend
         meta = MessageMeta(id=msg_id, flow=flow.name, system=flow.sender, original_name="")
-        meta = meta.replace(resent=int(resend), created=utc_now())
+        meta = meta.replace(
+            resent=int(resend), created=utc_now(), extra={"link_sha256": arrival.sha256}
+        )
         with self.lock:
             known = (
                 spool.entry("delivered", msg_id).exists()
@@ -182,7 +186,7 @@ class ReceiverAgent:
             meta = spool.read_meta("received", msg_id)
         except Exception as e:
             meta = MessageMeta(id=msg_id, flow="unknown", system="", original_name="")
-            self._quarantine_received(msg_id, meta, "corrupt", f"unreadable metadata: {e}")
+            self._corrupt_received(msg_id, meta, f"unreadable metadata: {e}")
             return
         if meta.extra.get("delivering_to"):
             self._finish_delivery(msg_id, meta)
@@ -193,7 +197,12 @@ class ReceiverAgent:
                 raise Refused("unknown-flow", f"flow {meta.flow!r} is not received here")
             header = self._verify_and_open(entry, flow, meta)
         except Refused as r:
-            self._quarantine_received(msg_id, meta, r.code, r.reason, r.event)
+            if self._damaged_on_disk(entry, meta):
+                self._corrupt_received(
+                    msg_id, meta, f"envelope changed on disk since it arrived ({r})"
+                )
+            else:
+                self._quarantine_received(msg_id, meta, r.code, r.reason, r.event)
             return
         meta = _meta_from_header(header, resent=meta.resent)
         self._sequence(flow, header.sequence, meta)
@@ -304,6 +313,31 @@ class ReceiverAgent:
         self.ctx.metrics.bytes.labels(meta.flow, "deliver").inc(meta.size)
 
     # -- refusals -----------------------------------------------------------------------
+    def _damaged_on_disk(self, entry: Path, meta: MessageMeta) -> bool:
+        """True when the envelope no longer hashes to what came off the link: the disk, not
+        the sender, is to blame, so it goes to corrupt/ rather than quarantine/."""
+        expected = meta.extra.get("link_sha256")
+        if not expected:
+            return False
+        h = hashlib.sha256()
+        try:
+            with open(entry / ENVELOPE, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+        except OSError:
+            return True
+        return not hmac.compare_digest(h.hexdigest(), expected)
+
+    def _corrupt_received(self, msg_id: str, meta: MessageMeta, reason: str) -> None:
+        qid = new_message_id()
+        self.ctx.record("corrupt", meta, outcome="error", reason=reason, corrupt=qid)
+        with self.lock:
+            durable_rename(
+                self.ctx.spool.entry("received", msg_id), self.ctx.spool.entry("corrupt", qid)
+            )
+        self.ctx.metrics.rejections.labels(meta.flow, "receive", "corrupt").inc()
+        log.error("received/%s moved to corrupt/%s: %s", msg_id, qid, reason)
+
     def _quarantine_received(
         self, msg_id: str, meta: MessageMeta, code: str, reason: str, event: str = "quarantined"
     ) -> None:

@@ -67,6 +67,8 @@ class SenderAgent:
         cfg = ctx.config
         self.signing_key: Ed25519PrivateKey = load_signing_private(cfg.signing_key)
         self.links: dict[str, _FlowLink] = {}
+        #: envelopes this process sealed; any other one is checked before it goes out
+        self._sealed_here: set[str] = set()
         self._last_prune = 0.0
         for flow in cfg.outgoing_flows():
             peer = cfg.peer(flow.receiver)
@@ -125,8 +127,7 @@ class SenderAgent:
             if self.ctx.stop.is_set():
                 return busy
             self._service_links()
-            self.send(msg_id)
-            busy = True
+            busy = self.send(msg_id) or busy
         self._heartbeats()
         if time.monotonic() - self._last_prune > PRUNE_INTERVAL:
             self.prune_sent()
@@ -274,11 +275,13 @@ class SenderAgent:
         os.rename(tmp, entry / ENVELOPE)
         (entry / DATA).unlink()  # past this point only ciphertext stays in the spool
         fsync_dir(entry)
+        self._sealed_here.add(msg_id)
         self.ctx.metrics.messages.labels(meta.flow, "seal", "ok").inc()
         return True
 
     # -- sending ------------------------------------------------------------------------
-    def send(self, msg_id: str) -> None:
+    def send(self, msg_id: str) -> bool:
+        """Seal-if-needed and send one active message; False when nothing could go out."""
         spool = self.ctx.spool
         entry = spool.entry("active", msg_id)
         try:
@@ -286,20 +289,25 @@ class SenderAgent:
             state = self.links[meta.flow]
         except Exception as e:
             self._corrupt("active", msg_id, None, f"unreadable or unknown flow: {e}")
-            return
+            return False
         # A crash between taking the message and sealing it leaves only plaintext: seal it now.
+        if not state.link.connected:
+            return False  # stays in active/; sealing goes on while the link is down
         if not (entry / ENVELOPE).exists() and not (
             (entry / DATA).exists() and self._seal_in_place(msg_id, meta, state)
         ):
             if spool.entry("active", msg_id).exists():
                 self._corrupt("active", msg_id, meta, "neither plaintext nor envelope left")
-            return
+            return False
+        if msg_id not in self._sealed_here and (problem := self._damage(entry)) is not None:
+            self._corrupt("active", msg_id, meta, problem)
+            return False
         resend = meta.resent > 0
         ok = state.link.send_envelope(
             entry / ENVELOPE, meta.id, meta.flow, self.ctx.config.name, resend, self.ctx.stop
         )
         if not ok:
-            return  # stopping; the message stays in active/ and goes again next start
+            return False  # stopping; the message stays in active/ and goes again next start
         meta = meta.replace(sent_at=utc_now())
         self.ctx.record("resent" if resend else "sent", meta)
         spool.write_meta("active", msg_id, meta)
@@ -308,6 +316,7 @@ class SenderAgent:
         state.remember(msg_id, size)
         self.ctx.metrics.messages.labels(meta.flow, "send", "resent" if resend else "sent").inc()
         self.ctx.metrics.bytes.labels(meta.flow, "send").inc(size)
+        return True
 
     def _resend(self, state: _FlowLink) -> None:
         spool = self.ctx.spool
@@ -322,6 +331,9 @@ class SenderAgent:
             except SpoolError as e:  # pruned by retention or moved to corrupt/ meanwhile
                 log.info("not re-sending %s: %s", msg_id, e)
                 continue
+            if msg_id not in self._sealed_here and (problem := self._damage(entry)) is not None:
+                self._corrupt("sent", msg_id, meta, problem)
+                continue
             ok = state.link.send_envelope(
                 entry / ENVELOPE, meta.id, meta.flow, self.ctx.config.name, True, self.ctx.stop
             )
@@ -330,6 +342,22 @@ class SenderAgent:
                 return
             self.ctx.record("resent", meta, outcome="info", reason="link re-established")
             self.ctx.metrics.messages.labels(meta.flow, "send", "resent").inc()
+
+    def _damage(self, entry: Path) -> str | None:
+        """Why an envelope on disk is no longer what we sealed (None when intact).
+
+        The signature covers every byte, so checking it with our own public key finds any
+        truncation, flipped bit or zero-filled block since sealing, without decrypting.
+        """
+        own = self.signing_key.public_key()
+        try:
+            with open(entry / ENVELOPE, "rb") as f:
+                env.verify_envelope(f, lambda sender, key: own)
+        except env.EnvelopeError as e:
+            return f"envelope damaged on disk: {e}"
+        except OSError as e:
+            return f"envelope unreadable: {e}"
+        return None
 
     def _corrupt(self, state: str, msg_id: str, meta: MessageMeta | None, reason: str) -> None:
         spool = self.ctx.spool

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import signal
@@ -10,12 +12,16 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from zonegate.gateways.agent import AgentContext
 from zonegate.gateways.demo import write_gateway_pair
+from zonegate.transfer import envelope as env
+from zonegate.transfer.ids import new_message_id
+from zonegate.transfer.keys import load_encryption_public, load_signing_private
 from zonegate.transfer.spool import Spool
 
 AGENTS = {"ingest": "internet-gw", "sender": "internet-gw", "receiver": "internal-gw"}
@@ -142,3 +148,34 @@ def make_file(path: Path, size: int, seed: int) -> None:
             f.write(piece)
             written += len(piece)
             i += 1
+
+
+def seal_test_envelope(
+    pair: GatewayPair, plaintext: bytes, chunk_size: int = env.DEFAULT_CHUNK_SIZE
+):
+    """An envelope sealed exactly as internet-gw seals one: (id, header, bytes)."""
+    keys = pair.root / "keys"
+    signing = load_signing_private(keys / "internet-gw.sign.key")
+    recipient = load_encryption_public(keys / "internal-gw.kem.pub")
+    msg_id = new_message_id()
+    header = env.Header(
+        version=1,
+        message_id=msg_id,
+        flow="import",
+        sequence=1,
+        sender="internet-gw",
+        recipient="internal-gw",
+        system="test",
+        original_name=f"{msg_id[-8:]}.txt",
+        content_type="text/plain",
+        size=len(plaintext),
+        sha256=hashlib.sha256(plaintext).hexdigest(),
+        created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        chunk_size=chunk_size,
+        sender_key=env.key_id(signing.public_key()),
+        recipient_key=env.key_id(recipient),
+        classification="public",
+    )
+    out = io.BytesIO()
+    env.seal(io.BytesIO(plaintext), out, header, recipient, signing)
+    return msg_id, header, bytearray(out.getvalue())

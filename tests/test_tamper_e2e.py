@@ -7,50 +7,16 @@ refusal must leave a quarantined copy with its reason, an audit record and a met
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from harness import GatewayPair, metric_value, wait_for
+from harness import GatewayPair, metric_value, seal_test_envelope, wait_for
 
-from zonegate.transfer import envelope as env
-from zonegate.transfer.ids import new_message_id
-from zonegate.transfer.keys import load_encryption_public, load_signing_private
 from zonegate.transfer.zmqlink import ZmqLinkSender
 from zonegate.zones.config import load_gateway_config
-
-
-def _seal(pair: GatewayPair, plaintext: bytes, chunk_size: int = env.DEFAULT_CHUNK_SIZE):
-    keys = pair.root / "keys"
-    signing = load_signing_private(keys / "internet-gw.sign.key")
-    recipient = load_encryption_public(keys / "internal-gw.kem.pub")
-    msg_id = new_message_id()
-    header = env.Header(
-        version=1,
-        message_id=msg_id,
-        flow="import",
-        sequence=1,
-        sender="internet-gw",
-        recipient="internal-gw",
-        system="test",
-        original_name=f"{msg_id[-8:]}.txt",
-        content_type="text/plain",
-        size=len(plaintext),
-        sha256=hashlib.sha256(plaintext).hexdigest(),
-        created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        chunk_size=chunk_size,
-        sender_key=env.key_id(signing.public_key()),
-        recipient_key=env.key_id(recipient),
-        classification="public",
-    )
-    out = io.BytesIO()
-    env.seal(io.BytesIO(plaintext), out, header, recipient, signing)
-    return msg_id, header, bytearray(out.getvalue())
 
 
 class Wire:
@@ -96,12 +62,12 @@ def wire(pair: GatewayPair, tmp_path: Path):
 def test_tampered_envelopes_are_refused_kept_audited_counted(pair: GatewayPair, wire: Wire) -> None:
     cases: dict[str, tuple[bytes, set[str]]] = {}
 
-    good_id, _h, good = _seal(pair, b"a valid message\n")
+    good_id, _h, good = seal_test_envelope(pair, b"a valid message\n")
     wire.send(good_id, bytes(good))
     wait_for(lambda: pair.receiver_spool.depth("delivered") == 1, 20, "the valid envelope")
 
     def flipped(offset_of: str) -> None:
-        msg_id, header, data = _seal(pair, os.urandom(3 * 4096 + 100), chunk_size=4096)
+        msg_id, header, data = seal_test_envelope(pair, os.urandom(3 * 4096 + 100), chunk_size=4096)
         hlen = len(header.to_bytes())
         offsets = {
             "magic": 3,
@@ -126,10 +92,10 @@ def test_tampered_envelopes_are_refused_kept_audited_counted(pair: GatewayPair, 
     ):
         flipped(region)
 
-    msg_id, header, data = _seal(pair, os.urandom(5000))
+    msg_id, header, data = seal_test_envelope(pair, os.urandom(5000))
     cases[msg_id] = (bytes(data[: len(data) // 2]), {"malformed"})  # truncated
 
-    msg_id, header, data = _seal(pair, os.urandom(3 * 4096), chunk_size=4096)
+    msg_id, header, data = seal_test_envelope(pair, os.urandom(3 * 4096), chunk_size=4096)
     start = 94 + len(header.to_bytes())
     c = 4096 + 16
     first, second = data[start : start + c], data[start + c : start + 2 * c]
@@ -179,7 +145,7 @@ def test_tampered_envelopes_are_refused_kept_audited_counted(pair: GatewayPair, 
 def test_resent_copy_of_a_delivered_message_is_a_duplicate_not_a_replay(
     pair: GatewayPair, wire: Wire
 ) -> None:
-    msg_id, _h, data = _seal(pair, b"once\n")
+    msg_id, _h, data = seal_test_envelope(pair, b"once\n")
     wire.send(msg_id, bytes(data))
     wait_for(lambda: pair.receiver_spool.depth("delivered") == 1, 20, "delivery")
     wire.send(msg_id, bytes(data), resend=True)

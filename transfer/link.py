@@ -38,6 +38,8 @@ class Arrival:
     directory: Path
     resend: bool
     size: int
+    #: hex SHA-256 of the envelope as it came off the link: later damage on disk shows against it
+    sha256: str = ""
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,8 @@ class Data:
 class Complete:
     transfer: str
     length: int
+    #: SHA-256 of the whole envelope as it arrived (checked against the END frame)
+    digest: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,7 @@ class Reassembler:
         if not hmac.compare_digest(self._hash.digest(), frames[2]):
             return self._abort("envelope digest does not match its END frame")
         self._open = None
-        return [Complete(tid, self._length)]
+        return [Complete(tid, self._length, frames[2])]
 
     def _heartbeat(self, frames: list[bytes]) -> list[Event]:
         body = self._json(frames)

@@ -197,7 +197,7 @@ class ZmqEnvelopeReceiver:
             os.fsync(f.fileno())
             f.close()
             self._open = None
-            return Arrival(tid, work, resend, event.length)
+            return Arrival(tid, work, resend, event.length, event.digest.hex())
         if isinstance(event, Abort):
             written = self._written
             self._discard()
