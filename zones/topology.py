@@ -518,6 +518,10 @@ class _Checker:
         self.gateways: dict[str, tuple[Gateway, YamlPath]] = {}
         self.endpoints: dict[str, tuple[Endpoint, YamlPath]] = {}
         self.zone_names = [zone.name for zone in topology.zones]
+        #: nodes with an uplink refused above: their path is not reported again (no cascade)
+        self.broken_uplink: set[str] = set()
+        #: endpoints in a zone their node lacks: their bridge's zone is not compared again
+        self.misplaced: set[str] = set()
 
     def error(self, path: YamlPath, message: str) -> None:
         self.errors.append(self.reader.at_value(path, message))
@@ -610,6 +614,7 @@ class _Checker:
                 unique_name("endpoint name", endpoint.name, (*epath, "name"))
                 self.endpoints.setdefault(endpoint.name, (endpoint, epath))
                 if endpoint.zone not in node.zones:
+                    self.misplaced.add(endpoint.name)
                     self.error(
                         (*epath, "zone"),
                         f"endpoint {endpoint.name} is in zone {endpoint.zone!r}, which node "
@@ -637,8 +642,12 @@ class _Checker:
                 else:
                     self.error((*base, key), f"unknown gateway {name!r}")
             if len(ends) != 2:
+                if uplink.source in self.gateways:
+                    self.broken_uplink.add(self.gateways[uplink.source][0].node)
                 continue
             lower, upper = ends
+            if lower.zone != upper.zone or lower.node == upper.node:
+                self.broken_uplink.add(lower.node)
             if lower.zone != upper.zone:
                 self.error(
                     (*base, "to"),
@@ -677,7 +686,7 @@ class _Checker:
         def reach(name: str, visiting: frozenset[str]) -> bool:
             if name in reaches:
                 return reaches[name]
-            if self.topology.node(name).tier == 1:
+            if self.topology.node(name).tier == 1 or name in self.broken_uplink:
                 return True
             ok = any(reach(n, visiting | {name}) for n in up[name] if n not in visiting)
             if not visiting:
@@ -735,7 +744,7 @@ class _Checker:
                     f"a {endpoint.role} registers with a {wanted}; "
                     f"{bridge.name} is a {bridge.role}",
                 )
-            elif bridge.zone != endpoint.zone:
+            elif bridge.zone != endpoint.zone and endpoint.name not in self.misplaced:
                 self.error(
                     (*path, "bridge"),
                     f"endpoint joins two zones: {endpoint.name} is in {endpoint.zone!r}, "
