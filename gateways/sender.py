@@ -258,6 +258,7 @@ class SenderAgent:
         tmp = entry / (ENVELOPE + ".tmp")
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        started = time.monotonic()
         try:
             fd = os.open(entry / DATA, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             with os.fdopen(fd, "rb") as src, open(tmp, "xb") as dst:
@@ -273,6 +274,7 @@ class SenderAgent:
         (entry / DATA).unlink()  # past this point only ciphertext stays in the spool
         fsync_dir(entry)
         self.ctx.metrics.messages.labels(meta.flow, "seal", "ok").inc()
+        self.ctx.metrics.observe_stage(meta.flow, "seal", started)
         return True
 
     # -- sending ------------------------------------------------------------------------
@@ -293,6 +295,7 @@ class SenderAgent:
                 self._corrupt("active", msg_id, meta, "neither plaintext nor envelope left")
             return
         resend = meta.resent > 0
+        started = time.monotonic()
         ok = state.link.send_envelope(
             entry / ENVELOPE, meta.id, meta.flow, self.ctx.config.name, resend, self.ctx.stop
         )
@@ -306,6 +309,7 @@ class SenderAgent:
         state.remember(msg_id, size)
         self.ctx.metrics.messages.labels(meta.flow, "send", "resent" if resend else "sent").inc()
         self.ctx.metrics.bytes.labels(meta.flow, "send").inc(size)
+        self.ctx.metrics.observe_stage(meta.flow, "send", started)
 
     def _resend(self, state: _FlowLink) -> None:
         spool = self.ctx.spool
