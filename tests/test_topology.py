@@ -78,7 +78,12 @@ def test_example_is_accepted_and_has_the_bureau_structure(example: Topology) -> 
     protocols = {e.protocol for e in example.endpoints()}
     assert protocols == {"sip", "h323"}
     video = next(c for c in example.conferences if c.kind == "video")
-    assert set(video.nodes) == {"municipal-bureau", "prison-bureau", "labour-bureau", "cadre-college"}
+    assert set(video.nodes) == {
+        "municipal-bureau",
+        "prison-bureau",
+        "labour-bureau",
+        "cadre-college",
+    }
     phone = next(c for c in example.conferences if c.kind == "telephone")
     assert sum(1 for n in phone.nodes if example.node(n).kind == "district-bureau") == 19
 
@@ -277,15 +282,15 @@ def test_duplicate_node_name_is_refused_first(tmp_path: Path) -> None:
 
 
 def test_flow_refusal_names_the_flow_key(tmp_path: Path) -> None:
-    edits, append, at, _key, _message = CASES["flow-without-gateway"]
-    path, text = variant(tmp_path, *edits, append=append)
+    edits, append, _at, _key, _message = CASES["flow-without-gateway"]
+    path, _text = variant(tmp_path, *edits, append=append)
     error = refusal(path)
     assert error.key.startswith("flows[") and error.key.endswith("].from")
     assert "internal" in error.message and "waitan-jo" in error.message
 
 
 def test_all_problems_are_listed_earliest_first(tmp_path: Path) -> None:
-    path, text = variant(
+    path, _text = variant(
         tmp_path,
         UPLINK_ZONES,
         ("  - name: zhoupu-prison\n", "  - name: tilanqiao-prison\n"),
