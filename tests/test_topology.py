@@ -372,3 +372,13 @@ def test_readme_shows_the_committed_picture() -> None:
     root = EXAMPLE.parent.parent
     assert "docs/topology.png" in (root / "README.md").read_text()
     assert (root / "docs" / "topology.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(
+    "words", [["topology"], ["topology", "check"], ["topology", "show"], ["topology", "render"],
+              ["probe"]],
+)  # fmt: skip
+def test_help_for_the_new_commands(words: list[str]) -> None:
+    r = zg(*words, "--help")
+    assert r.returncode == 0
+    assert "usage: zonegate" in r.stdout
