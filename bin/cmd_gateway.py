@@ -64,8 +64,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from ..gateways.status import gateway_status, render_status
 
     cfg = load_config(args.config)
+    data = None
     while True:
-        data = gateway_status(cfg)
+        data = gateway_status(cfg, previous=data)
         if args.json:
             print(json.dumps(data, ensure_ascii=False, indent=2))
         else:

@@ -66,7 +66,9 @@ class AgentContext:
         spool.create()
         config.audit_log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         audit = AuditLog(config.audit_log, gateway=config.name, agent=agent, zone=config.zone)
-        return cls(config, agent, spool, audit, AgentMetrics(agent, config.name, spool))
+        metrics = AgentMetrics(agent, config.name, spool)
+        metrics.watch_audit(config.audit_log)
+        return cls(config, agent, spool, audit, metrics)
 
     def record(
         self,

@@ -159,6 +159,7 @@ class IngestAgent:
             spool.move(msg_id, "incoming", "ready")
             self.ctx.metrics.messages.labels(flow.name, "ingest", "accepted").inc()
             self.ctx.metrics.bytes.labels(flow.name, "ingest").inc(meta.size)
+            self.ctx.metrics.observe_since(flow.name, "ingest", meta.created)
             return
         meta = meta.replace(reason_code=refusal.code, reason=refusal.reason, rule=refusal.rule)
         self.ctx.record("checked", meta, outcome="refused", reason=refusal.code)

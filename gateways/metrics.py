@@ -6,17 +6,25 @@ which would let any sender grow the series without limit.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..audit.log import head_path
+from ..audit.verify import verify
 from ..transfer.spool import STATES, Spool
 from ..zones.config import Address
 
-__all__ = ["AgentMetrics"]
+__all__ = ["LATENCY_BUCKETS", "AgentMetrics"]
+
+#: Seconds; from a small file on loopback (milliseconds) to a large one over a slow link.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
 
 class _SpoolCollector(Collector):
@@ -41,6 +49,79 @@ class _SpoolCollector(Collector):
             age.add_metric([state], self.spool.oldest_age(state, now))
         yield depth
         yield age
+
+
+class _DiskCollector(Collector):
+    """Free and total bytes of the spool's file system: a full disk stops every transfer."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return
+        yield GaugeMetricFamily(
+            "zonegate_spool_filesystem_avail_bytes",
+            "Bytes available to the gateway on the spool's file system.",
+            value=st.f_bavail * st.f_frsize,
+        )
+        yield GaugeMetricFamily(
+            "zonegate_spool_filesystem_size_bytes",
+            "Size of the spool's file system in bytes.",
+            value=st.f_blocks * st.f_frsize,
+        )
+
+
+class _AuditCollector(Collector):
+    """Checkpoint age and whether the gateway's audit chain verifies, read at scrape time.
+
+    Why here: an audit log that stops growing or stops verifying must page someone, and the
+    agents are what Prometheus scrapes. The full verify is cached for `verify_every` seconds so
+    a large log is not re-read on every scrape.
+    """
+
+    def __init__(self, log: Path, verify_every: float = 60.0) -> None:
+        self.log = log
+        self.verify_every = verify_every
+        self._checked = 0.0
+        self._ok = 1.0
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        now = time.time()
+        try:
+            age = max(0.0, now - os.stat(head_path(self.log)).st_mtime)
+        except OSError:
+            age = None
+        if age is not None:
+            yield GaugeMetricFamily(
+                "zonegate_audit_checkpoint_age_seconds",
+                "Seconds since the audit log's head checkpoint was last written.",
+                value=age,
+            )
+        if os.path.exists(self.log) and now - self._checked >= self.verify_every:
+            self._ok = 1.0 if verify(self.log).ok else 0.0
+            self._checked = now
+        yield GaugeMetricFamily(
+            "zonegate_audit_verify_ok",
+            "1 when the audit log's hash chain verified at the last check, 0 when it did not.",
+            value=self._ok,
+        )
+        yield GaugeMetricFamily(
+            "zonegate_audit_last_verify_timestamp_seconds",
+            "When the audit log's hash chain was last verified.",
+            value=self._checked,
+        )
+
+
+def _since(created: str, now: float | None = None) -> float | None:
+    """Seconds since an ISO-8601 UTC stamp (utc_now()'s format); None if it cannot be read."""
+    try:
+        start = datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+    except (AttributeError, ValueError):
+        return None
+    return max(0.0, (time.time() if now is None else now) - start)
 
 
 class AgentMetrics:
@@ -92,8 +173,53 @@ class AgentMetrics:
             "zonegate_agent_info", "Agent identity.", ["agent", "gateway"], registry=self.registry
         )
         self.up.labels(agent, gateway).set(1)
+        self.stage_seconds = Histogram(
+            "zonegate_stage_duration_seconds",
+            "Time a message spent in one stage (ingest check, seal, send, deliver).",
+            ["flow", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.end_to_end_seconds = Histogram(
+            "zonegate_end_to_end_latency_seconds",
+            "From the claim at the sending gateway to delivery here (clocks must agree).",
+            ["flow"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.fec_repaired = Counter(
+            "zonegate_fec_repaired_packets",
+            "Link packets rebuilt by forward error correction (UDP+FEC transports).",
+            ["flow"],
+            registry=self.registry,
+        )
+        self.fec_lost = Counter(
+            "zonegate_fec_lost_packets",
+            "Link packets lost beyond what forward error correction could rebuild.",
+            ["flow"],
+            registry=self.registry,
+        )
         if spool is not None:
             self.registry.register(_SpoolCollector(spool, STATES))
+            self.registry.register(_DiskCollector(spool.root))
+
+    def watch_audit(self, log: Path) -> None:
+        """Export the audit log's checkpoint age and verify state (see _AuditCollector)."""
+        self.registry.register(_AuditCollector(Path(log)))
+
+    def observe_stage(self, flow: str, stage: str, started: float) -> None:
+        """Record a stage that began at `started` (time.monotonic())."""
+        self.stage_seconds.labels(flow, stage).observe(max(0.0, time.monotonic() - started))
+
+    def observe_since(self, flow: str, stage: str | None, created: str) -> None:
+        """Record the time since `created` (ISO UTC) for a stage, or end to end when None."""
+        seconds = _since(created)
+        if seconds is None:
+            return
+        if stage is None:
+            self.end_to_end_seconds.labels(flow).observe(seconds)
+        else:
+            self.stage_seconds.labels(flow, stage).observe(seconds)
 
     def serve(self, address: Address | None) -> int | None:
         """Start the HTTP endpoint; returns the bound port (0 in config picks a free one)."""

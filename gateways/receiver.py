@@ -180,6 +180,7 @@ class ReceiverAgent:
                 self.ctx.sleep(0.05)
 
     def deliver(self, msg_id: str) -> None:
+        started = time.monotonic()
         spool = self.ctx.spool
         entry = spool.entry("received", msg_id)
         try:
@@ -207,6 +208,7 @@ class ReceiverAgent:
         meta = _meta_from_header(header, resent=meta.resent)
         self._sequence(flow, header.sequence, meta)
         self._deliver_plaintext(msg_id, meta, flow)
+        self.ctx.metrics.observe_stage(flow.name, "deliver", started)
 
     def _verify_and_open(self, entry: Path, flow: Flow, meta: MessageMeta) -> env.Header:
         path = entry / ENVELOPE
@@ -311,6 +313,7 @@ class ReceiverAgent:
             (spool.entry("delivered", msg_id) / ENVELOPE).unlink()
         self.ctx.metrics.messages.labels(meta.flow, "deliver", "delivered").inc()
         self.ctx.metrics.bytes.labels(meta.flow, "deliver").inc(meta.size)
+        self.ctx.metrics.observe_since(meta.flow, None, meta.created)
 
     # -- refusals -----------------------------------------------------------------------
     def _damaged_on_disk(self, entry: Path, meta: MessageMeta) -> bool:

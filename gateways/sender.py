@@ -261,6 +261,7 @@ class SenderAgent:
         tmp = entry / (ENVELOPE + ".tmp")
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        started = time.monotonic()
         try:
             fd = os.open(entry / DATA, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             with os.fdopen(fd, "rb") as src, open(tmp, "xb") as dst:
@@ -277,6 +278,7 @@ class SenderAgent:
         fsync_dir(entry)
         self._sealed_here.add(msg_id)
         self.ctx.metrics.messages.labels(meta.flow, "seal", "ok").inc()
+        self.ctx.metrics.observe_stage(meta.flow, "seal", started)
         return True
 
     # -- sending ------------------------------------------------------------------------
@@ -303,6 +305,7 @@ class SenderAgent:
             self._corrupt("active", msg_id, meta, problem)
             return False
         resend = meta.resent > 0
+        started = time.monotonic()
         ok = state.link.send_envelope(
             entry / ENVELOPE, meta.id, meta.flow, self.ctx.config.name, resend, self.ctx.stop
         )
@@ -316,6 +319,7 @@ class SenderAgent:
         state.remember(msg_id, size)
         self.ctx.metrics.messages.labels(meta.flow, "send", "resent" if resend else "sent").inc()
         self.ctx.metrics.bytes.labels(meta.flow, "send").inc(size)
+        self.ctx.metrics.observe_stage(meta.flow, "send", started)
         return True
 
     def _resend(self, state: _FlowLink) -> None:
