@@ -12,10 +12,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import cmd_audit, cmd_config, cmd_demo, cmd_gateway, cmd_keys
+from . import cmd_audit, cmd_config, cmd_demo, cmd_gateway, cmd_keys, cmd_review, cmd_verify
 from .common import EXIT_FAIL, CliError
 
-COMMAND_MODULES = (cmd_demo, cmd_gateway, cmd_audit, cmd_keys, cmd_config)
+COMMAND_MODULES = (cmd_demo, cmd_gateway, cmd_audit, cmd_keys, cmd_config, cmd_review, cmd_verify)
 
 
 def build_parser() -> argparse.ArgumentParser:
