@@ -12,10 +12,30 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import cmd_audit, cmd_config, cmd_demo, cmd_gateway, cmd_keys, cmd_probe, cmd_topology
+from . import (
+    cmd_audit,
+    cmd_config,
+    cmd_demo,
+    cmd_gateway,
+    cmd_keys,
+    cmd_probe,
+    cmd_review,
+    cmd_topology,
+    cmd_verify,
+)
 from .common import EXIT_FAIL, CliError
 
-COMMAND_MODULES = (cmd_demo, cmd_gateway, cmd_audit, cmd_keys, cmd_config, cmd_topology, cmd_probe)
+COMMAND_MODULES = (
+    cmd_demo,
+    cmd_gateway,
+    cmd_review,
+    cmd_verify,
+    cmd_audit,
+    cmd_keys,
+    cmd_config,
+    cmd_topology,
+    cmd_probe,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -122,11 +122,28 @@ def _gateway_config(name: str, zone: str, peer: str, peer_zone: str, port: int, 
     }
 
 
-def write_gateway_pair(root: Path, limit: int, port: int | None = None) -> dict[str, Path]:
-    """Keys and configs of the two demo gateways under `root`; returns name -> config path."""
+def write_gateway_pair(
+    root: Path,
+    limit: int,
+    port: int | None = None,
+    *,
+    publish: bool = False,
+    publish_port: int | None = None,
+    review_expires: str = "1h",
+) -> dict[str, Path]:
+    """Keys and configs of the two demo gateways under `root`; returns name -> config path.
+
+    With `publish`, both also get the demo people (keys under `root/people`) and the `publish`
+    flow (internal -> internet, two officers' approvals, signed delivery); see demo_publish.py.
+    """
     for name in ("internet-gw", "internal-gw"):
         generate_gateway_keys(root / "keys", name)
     port = port or _free_port()
+    if publish:
+        from .demo_publish import add_publish_flow, write_people
+
+        write_people(root / "people")
+        publish_port = publish_port or _free_port()
     configs = {}
     for name, zone, peer, peer_zone in (
         ("internet-gw", "internet", "internal-gw", "internal"),
@@ -135,6 +152,8 @@ def write_gateway_pair(root: Path, limit: int, port: int | None = None) -> dict[
         d = root / name
         d.mkdir()
         cfg = _gateway_config(name, zone, peer, peer_zone, port, limit)
+        if publish:
+            add_publish_flow(cfg, name, publish_port or 0, limit, review_expires)
         path = d / "gateway.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
         configs[name] = path
@@ -194,7 +213,7 @@ def run_demo(
         limit = FILES_LIMIT if files else SAMPLE_LIMIT
         _say(quiet, "zonegate demo: internet zone -> internal zone, flow 'import'")
         _say(quiet, f"  workdir: {root}{'' if keep else ' (temporary, removed at the end)'}")
-        configs = write_gateway_pair(root, limit)
+        configs = write_gateway_pair(root, limit, publish=not files)
         for name in ("internal-gw", "internet-gw"):
             log = open(root / name / "gateway.log", "ab")  # noqa: SIM115 - child keeps it
             procs.append(
@@ -246,8 +265,18 @@ def run_demo(
                 )
             time.sleep(0.1)
         progress.done()
+        release = None
+        if not files:
+            from .demo_publish import publish_release
+
+            release = publish_release(root, configs, quiet, timeout)
         metrics = _scrape(root, quiet)
         summary = _summary(root, configs, expected, metrics, sender_spool, receiver_spool)
+        if release is not None:
+            # The release is delivered on the other side (internet-gw), with its approvers.
+            summary["delivered"].append(release["delivered"])
+            summary["publication"] = release
+            summary["ok"] = summary["ok"] and release["ok"]
         if not files:
             # The samples are built so that exactly the oversized scan is refused.
             reasons = [r["reason"].split(":")[0] for r in summary["refused"]]
@@ -354,8 +383,9 @@ def _summary(
 def _print_summary(s: dict[str, Any], quiet: bool) -> None:
     if quiet:
         return
-    print(f"\nDelivered ({len(s['delivered'])}) into the internal zone:")
-    for d in s["delivered"]:
+    imported = [d for d in s["delivered"] if d["flow"] == FLOW]
+    print(f"\nDelivered ({len(imported)}) into the internal zone:")
+    for d in imported:
         mark = "ok " if d["identical"] else "BAD"
         print(f"  [{mark}] {d['name']}  ({d['size']} B, sha256 {d['sha256'][:16]}…)")
         print(f"        -> {d['path']}")
@@ -363,6 +393,10 @@ def _print_summary(s: dict[str, Any], quiet: bool) -> None:
     for r in s["refused"]:
         print(f"  [no ] {r['name']}: {r['reason']}")
         print(f"        -> {r['quarantine_path']}")
+    if s.get("publication"):
+        from .demo_publish import print_publication
+
+        print_publication(s["publication"])
     print("\nAudit logs:")
     for a in s["audit"]:
         state = "verifies" if a["ok"] else f"FAILS: {a['problem']}"

@@ -3,7 +3,8 @@
 Systems write into `outbox/<flow>/tmp/` and rename into `outbox/<flow>/new/` when a file is
 complete (the Maildir rule), so ingest never sees half a file. A claim is one rename from
 `new/` into the spool, made after its audit record is durable. From then on the message is in
-exactly one spool state: `incoming` while it is hashed and checked, then `ready` or `quarantine`.
+exactly one spool state: `incoming` while it is hashed and checked, then `ready` or `quarantine`
+(or `review`, for a flow that needs officers' approvals; see gateways/review.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 
 from ..transfer.durable import durable_rename, fsync_dir, write_durably
@@ -21,6 +23,7 @@ from ..transfer.policy import Candidate, Refusal, check
 from ..transfer.spool import DATA, META, MessageMeta, SpoolError
 from ..zones.config import Flow
 from .agent import AgentContext, FailClosed, utc_now
+from .review import expire_due, submitter_of
 
 __all__ = ["IngestAgent", "outbox_dirs"]
 
@@ -39,6 +42,7 @@ class IngestAgent:
         self.poll_interval = poll_interval
         self.flows = ctx.config.outgoing_flows()
         self.system = "outbox"
+        self._last_expiry = 0.0
         for flow in self.flows:
             for d in outbox_dirs(ctx.config.outbox, flow.name):
                 d.mkdir(parents=True, exist_ok=True)
@@ -75,6 +79,7 @@ class IngestAgent:
     def poll_once(self) -> int:
         """Claim and check every complete file now waiting; returns how many were taken."""
         taken = 0
+        self.expire_reviews()
         for flow in self.flows:
             _tmp, new = outbox_dirs(self.ctx.config.outbox, flow.name)
             try:
@@ -154,9 +159,12 @@ class IngestAgent:
             return
         if refusal is None:
             self.ctx.record("checked", meta)
+            state = "review" if flow.approval.required else "ready"
+            if state == "review":
+                meta = meta.replace(extra={**meta.extra, "review": self._review_record(meta)})
             spool.write_meta("incoming", msg_id, meta)
-            self.ctx.record("accepted", meta)
-            spool.move(msg_id, "incoming", "ready")
+            self.ctx.record("accepted", meta, **({"review": True} if state == "review" else {}))
+            spool.move(msg_id, "incoming", state)
             self.ctx.metrics.messages.labels(flow.name, "ingest", "accepted").inc()
             self.ctx.metrics.bytes.labels(flow.name, "ingest").inc(meta.size)
             self.ctx.metrics.observe_since(flow.name, "ingest", meta.created)
@@ -169,6 +177,23 @@ class IngestAgent:
         self.ctx.metrics.messages.labels(flow.name, "ingest", "refused").inc()
         self.ctx.metrics.rejections.labels(flow.name, "ingest", refusal.code).inc()
         log.warning("refused %s (%s): %s", meta.original_name, refusal.code, refusal.reason)
+
+    def _review_record(self, meta: MessageMeta) -> dict[str, str]:
+        """Who collected the message, for the review record (officers add theirs)."""
+        return {
+            "submitter": submitter_of(meta),
+            "collected_by": f"{self.ctx.config.name}/ingest",
+            "collected_at": meta.created,
+        }
+
+    def expire_reviews(self, interval: float = 1.0) -> None:
+        """Messages not approved in time leave review/ for quarantine (at most once a second)."""
+        if time.monotonic() - self._last_expiry < interval:
+            return
+        self._last_expiry = time.monotonic()
+        for meta in expire_due(self.ctx.spool, self.ctx.config, self.ctx.record):
+            self.ctx.metrics.rejections.labels(meta.flow, "review", "review-expired").inc()
+            log.warning("review of %s (%s) expired; quarantined", meta.id, meta.original_name)
 
 
 def _reason(refusal: Refusal) -> str:

@@ -8,6 +8,11 @@ Two stages, each its own thread so a slow disk write never stalls the socket:
   `delivered/<id>` marker that makes delivery idempotent by message id.
 
 It writes nothing to the link. Anything refused is kept in `quarantine/` with its reason.
+
+Approvals are checked against this gateway's own people: an envelope of a flow that needs them is
+refused when one does not verify, when there are too few, or when one is from someone who is not a
+security officer here. A flow with `signed_delivery` gets a signed manifest beside each delivered
+file (transfer/publication.py) so the publishing step can verify it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..transfer import envelope as env
+from ..transfer.approvals import ApprovalRefused, Directory, Subject, Verified, check_approvals
 from ..transfer.durable import (
     durable_rename,
     fsync_dir,
@@ -34,9 +40,10 @@ from ..transfer.durable import (
     write_durably,
 )
 from ..transfer.ids import new_message_id
-from ..transfer.keys import load_encryption_private, load_signing_public
+from ..transfer.keys import load_encryption_private, load_signing_private, load_signing_public
 from ..transfer.link import Arrival, LinkNote, open_receiver
 from ..transfer.names import safe_name
+from ..transfer.publication import companion_paths, make_manifest, sign_manifest
 from ..transfer.spool import ENVELOPE, META, MessageMeta
 from ..zones.config import Flow
 from .agent import AgentContext, FailClosed, utc_now
@@ -72,6 +79,12 @@ class ReceiverAgent:
             peer = cfg.peer(flow.sender)
             self.sender_keys[peer.name] = load_signing_public(peer.signing_key)
         self.lock = threading.Lock()  # serialises moves into received/ against dedup checks
+        self.directory = Directory.from_config(cfg)
+        self.publication_key = (
+            load_signing_private(cfg.signing_key)
+            if any(f.signed_delivery for f in self.flows.values())
+            else None
+        )
         for flow in self.flows.values():
             for d in inbox_dirs(cfg.inbox, flow.name):
                 d.mkdir(parents=True, exist_ok=True)
@@ -197,6 +210,7 @@ class ReceiverAgent:
             if flow is None:
                 raise Refused("unknown-flow", f"flow {meta.flow!r} is not received here")
             header = self._verify_and_open(entry, flow, meta)
+            approvals = self._check_approvals(flow, header)
         except Refused as r:
             if self._damaged_on_disk(entry, meta):
                 self._corrupt_received(
@@ -206,6 +220,8 @@ class ReceiverAgent:
                 self._quarantine_received(msg_id, meta, r.code, r.reason, r.event)
             return
         meta = _meta_from_header(header, resent=meta.resent)
+        if approvals:
+            meta = meta.replace(extra={"approvers": [_approver(v) for v in approvals]})
         self._sequence(flow, header.sequence, meta)
         self._deliver_plaintext(msg_id, meta, flow)
         self.ctx.metrics.observe_stage(flow.name, "deliver", started)
@@ -254,6 +270,35 @@ class ReceiverAgent:
         self.ctx.record("verified", _meta_from_header(header, resent=meta.resent))
         return header
 
+    def _check_approvals(self, flow: Flow, header: env.Header) -> tuple[Verified, ...]:
+        """The flow's approvals, verified against our own officers; each one is audited.
+
+        Runs after the envelope's signature verified, so a refusal here is about the approvals
+        themselves (forged, too few, from someone who is not an officer here), not the bytes.
+        """
+        if not flow.approval.required:
+            return ()
+        try:
+            verified = check_approvals(
+                Subject.from_header(header), header.approvals, self.directory, flow.approval
+            )
+        except ApprovalRefused as r:
+            _tmp, _new = inbox_dirs(self.ctx.config.inbox, flow.name)
+            with contextlib.suppress(FileNotFoundError):
+                (_tmp / f"{header.message_id}.part").unlink()
+            raise Refused(r.code, r.reason) from None
+        meta = _meta_from_header(header, resent=0)
+        for v in verified:
+            self.ctx.record(
+                "approved",
+                meta,
+                reason="approval verified against this gateway's officers",
+                who={"person": v.officer.name, "role": v.officer.role},
+                fingerprint=v.officer.key_id,
+                approved_at=v.time,
+            )
+        return verified
+
     def _sender_key(self, sender: str, key: str) -> Ed25519PublicKey | None:
         public = self.sender_keys.get(sender)
         if public is None or env.key_id(public) != key:
@@ -280,7 +325,7 @@ class ReceiverAgent:
     def _deliver_plaintext(self, msg_id: str, meta: MessageMeta, flow: Flow) -> None:
         _tmp, new = inbox_dirs(self.ctx.config.inbox, flow.name)
         name = safe_name(meta.original_name, fallback=msg_id)
-        meta = meta.replace(extra={"delivering_to": str(new / name)})
+        meta = meta.replace(extra={**meta.extra, "delivering_to": str(new / name)})
         self.ctx.spool.write_meta("received", msg_id, meta)
         self._finish_delivery(msg_id, meta)
 
@@ -305,7 +350,13 @@ class ReceiverAgent:
                         msg_id, meta, "lost-plaintext", "plaintext vanished mid-delivery; re-open"
                     )
                     return
-        marker = meta.replace(extra={"delivered_as": str(target), "delivered_at": utc_now()})
+        flow = self.flows.get(meta.flow)
+        if flow is not None and flow.signed_delivery:
+            self._sign_publication(target, meta)
+        kept = {k: v for k, v in meta.extra.items() if k != "delivering_to"}
+        marker = meta.replace(
+            extra={**kept, "delivered_as": str(target), "delivered_at": utc_now()}
+        )
         spool.write_meta("received", msg_id, marker)
         with self.lock:
             spool.move(msg_id, "received", "delivered")
@@ -314,6 +365,30 @@ class ReceiverAgent:
         self.ctx.metrics.messages.labels(meta.flow, "deliver", "delivered").inc()
         self.ctx.metrics.bytes.labels(meta.flow, "deliver").inc(meta.size)
         self.ctx.metrics.observe_since(meta.flow, None, meta.created)
+
+    def _sign_publication(self, target: Path, meta: MessageMeta) -> None:
+        """Manifest and detached signature beside the delivered file (signed publication).
+
+        Written after the file is linked and before the delivered marker, so a crash in between
+        writes them again (idempotent: same file, new time). A publishing step must refuse a file
+        whose signature is missing, so the short window without one fails closed.
+        """
+        if self.publication_key is None:
+            return
+        manifest = make_manifest(
+            message_id=meta.id,
+            flow=meta.flow,
+            name=target.name,
+            size=meta.size,
+            sha256=meta.sha256,
+            approvers=list(meta.extra.get("approvers", [])),
+            time=utc_now(),
+            gateway=self.ctx.config.name,
+            signer=self.publication_key.public_key(),
+        )
+        manifest_path, sig_path = companion_paths(target)
+        replace_durably(manifest_path, manifest, mode=0o644)
+        replace_durably(sig_path, sign_manifest(manifest, self.publication_key), mode=0o644)
 
     # -- refusals -----------------------------------------------------------------------
     def _damaged_on_disk(self, entry: Path, meta: MessageMeta) -> bool:
@@ -362,6 +437,10 @@ class ReceiverAgent:
         self.ctx.metrics.messages.labels(meta.flow, "receive", "refused").inc()
         self.ctx.metrics.rejections.labels(meta.flow, "receive", code).inc()
         log.warning("quarantined envelope %s as %s: %s: %s", meta.id, qid, code, reason)
+
+
+def _approver(v: Verified) -> dict[str, str]:
+    return {"name": v.officer.name, "fingerprint": v.officer.key_id, "time": v.time}
 
 
 def _meta_from_header(h: env.Header, resent: int) -> MessageMeta:

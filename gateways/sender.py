@@ -5,6 +5,10 @@ nothing can acknowledge a message on a one-way link, the sender re-sends, marked
 the messages that might still have been in flight when the link broke or the agent died: the
 tail of `sent/` covering the flow's resend window, and everything left in `active/`. The
 receiver drops a re-send of a message it already holds and records it as a duplicate.
+
+A message of a flow that needs approvals is sealed only with enough valid approvals, checked here
+against this gateway's own people (whatever put it into `ready/`); the approvals travel in the
+envelope header, covered by the gateway's signature. Without them it goes to quarantine.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from ..transfer import envelope as env
+from ..transfer.approvals import ApprovalRefused, Directory, check_approvals
 from ..transfer.durable import fsync_dir, replace_durably
 from ..transfer.keys import load_encryption_public, load_signing_private
 from ..transfer.link import LinkSender, open_sender
 from ..transfer.spool import DATA, ENVELOPE, META, MessageMeta, SpoolError
 from ..zones.config import Flow
 from .agent import AgentContext, FailClosed, utc_now
+from .review import subject_for
 
 __all__ = ["SenderAgent"]
 
@@ -66,6 +72,7 @@ class SenderAgent:
         self.ctx = ctx
         cfg = ctx.config
         self.signing_key: Ed25519PrivateKey = load_signing_private(cfg.signing_key)
+        self.directory = Directory.from_config(cfg)
         self.links: dict[str, _FlowLink] = {}
         #: envelopes this process sealed; any other one is checked before it goes out
         self._sealed_here: set[str] = set()
@@ -228,6 +235,8 @@ class SenderAgent:
         except Exception as e:
             self._corrupt("ready", msg_id, None, f"unreadable or unknown flow: {e}")
             return
+        if not self._approved("ready", meta, state):
+            return
         seq = state.seq + 1
         meta = meta.replace(seq=seq)
         self.ctx.record("sealed", meta)
@@ -237,9 +246,36 @@ class SenderAgent:
         replace_durably(self._seq_file(meta.flow), str(seq).encode())
         self._seal_in_place(msg_id, meta, state)
 
+    def _approved(self, spool_state: str, meta: MessageMeta, state: _FlowLink) -> bool:
+        """Enough valid approvals for the flow, or quarantine (audit record and metric first)."""
+        rule = state.flow.approval
+        if not rule.required:
+            return True
+        try:
+            check_approvals(
+                subject_for(self.ctx.config, meta),
+                meta.extra.get("approvals", []),
+                self.directory,
+                rule,
+            )
+            return True
+        except ApprovalRefused as r:
+            code, reason = r.code, r.reason
+        except Exception as e:  # fail closed: a check that breaks must not let a message out
+            code, reason = "approvals-too-few", f"approvals could not be checked: {e}"
+        meta = meta.replace(reason_code=code, reason=reason, rule="approval")
+        self.ctx.record("quarantined", meta, outcome="refused", reason=f"{code}: {reason}")
+        self.ctx.spool.write_meta(spool_state, meta.id, meta)
+        self.ctx.spool.move(meta.id, spool_state, "quarantine")
+        self.ctx.metrics.rejections.labels(meta.flow, "send", code).inc()
+        log.warning("not sealing %s (%s): %s: %s", meta.id, meta.original_name, code, reason)
+        return False
+
     def _seal_in_place(self, msg_id: str, meta: MessageMeta, state: _FlowLink) -> bool:
         entry = self.ctx.spool.entry("active", msg_id)
         cfg = self.ctx.config
+        if not self._approved("active", meta, state):
+            return False
         header = env.Header(
             version=1,
             message_id=meta.id,
@@ -257,6 +293,7 @@ class SenderAgent:
             sender_key=env.key_id(self.signing_key.public_key()),
             recipient_key=env.key_id(state.recipient_key),
             classification=_level(cfg, state.flow.source),
+            approvals=_approvals(meta) if state.flow.approval.required else (),
         )
         tmp = entry / (ENVELOPE + ".tmp")
         with contextlib.suppress(FileNotFoundError):
@@ -374,6 +411,10 @@ class SenderAgent:
         flow = meta.flow if meta is not None else "unknown"
         self.ctx.metrics.rejections.labels(flow, "send", "corrupt").inc()
         log.error("message %s moved to corrupt/: %s", msg_id, reason)
+
+
+def _approvals(meta: MessageMeta) -> tuple[dict, ...]:
+    return tuple(meta.extra.get("approvals", ()))
 
 
 def _level(cfg: object, zone: str) -> str:

@@ -267,6 +267,7 @@ def test_example_config_loads(tmp_path: Path) -> None:
     raw = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
     private = tuple(raw["keys"].values())
     public = tuple(peer[key] for peer in raw["peers"] for key in ("signing_key", "encryption_key"))
+    public += tuple(person["key"] for person in raw.get("people", ()))
     make_keys(tmp_path, private, public)
     config = load_gateway_config(path)
     assert (config.name, config.zone, config.node) == (

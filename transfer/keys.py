@@ -22,7 +22,9 @@ from .durable import fsync_dir, write_durably
 __all__ = [
     "KeyFileError",
     "KeyFiles",
+    "PersonKeyFiles",
     "generate_gateway_keys",
+    "generate_person_key",
     "load_encryption_private",
     "load_encryption_public",
     "load_signing_private",
@@ -69,6 +71,38 @@ def generate_gateway_keys(directory: Path, name: str) -> KeyFiles:
     _write_public(files.signing_public, sign.public_key())
     _write_private(files.encryption_private, kem)
     _write_public(files.encryption_public, kem.public_key())
+    fsync_dir(directory)
+    return files
+
+
+@dataclass(frozen=True)
+class PersonKeyFiles:
+    private: Path
+    public: Path
+
+
+def person_key_file_names(directory: Path, name: str) -> PersonKeyFiles:
+    """`NAME.person.key` / `NAME.person.pub`: apart from gateway keys, so that a person's key is
+    never mistaken for (or configured as) a gateway's."""
+    return PersonKeyFiles(
+        private=directory / f"{name}.person.key", public=directory / f"{name}.person.pub"
+    )
+
+
+def generate_person_key(directory: Path, name: str) -> PersonKeyFiles:
+    """Create a person's Ed25519 role key pair (private 0600); refuses to overwrite a file.
+
+    A person proves their role (administrator, security officer, auditor) by signing with it;
+    the gateway config maps the public half to the name and role.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    files = person_key_file_names(directory, name)
+    for path in (files.private, files.public):
+        if path.exists() or path.is_symlink():
+            raise KeyFileError(f"{path} already exists; remove it first to replace the key")
+    key = Ed25519PrivateKey.generate()
+    _write_private(files.private, key)
+    _write_public(files.public, key.public_key())
     fsync_dir(directory)
     return files
 

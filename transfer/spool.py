@@ -25,8 +25,10 @@ __all__ = ["STATES", "MessageMeta", "Spool", "SpoolError"]
 
 #: Sending side: incoming -> ready -> active -> sent; refused files go to quarantine, files
 #: damaged on disk to corrupt. Receiving side: received -> (delivered marker) and quarantine.
+#: Flows that need approvals go incoming -> review -> ready (or review -> quarantine).
 STATES: tuple[str, ...] = (
     "incoming",
+    "review",
     "ready",
     "active",
     "sent",

@@ -37,14 +37,17 @@ __all__ = [
     "DEFAULT_RESEND_WINDOW",
     "LEVELS",
     "NAME_PATTERN",
+    "ROLES",
     "SIZE_UNITS",
     "TRANSPORT_KINDS",
     "Address",
+    "Approval",
     "ConfigError",
     "Flow",
     "GatewayConfig",
     "Metrics",
     "Peer",
+    "Person",
     "Policy",
     "Transport",
     "Zone",
@@ -62,6 +65,12 @@ NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 DEFAULT_MAX_SIZE = 64 * 1024**2
 DEFAULT_RESEND_WINDOW = 64 * 1024**2
 DEFAULT_SENT_RETENTION = 7 * 86400.0
+#: The three separated roles of a classified system; a person holds exactly one.
+ROLES: tuple[str, ...] = ("administrator", "security-officer", "auditor")
+#: How long a message may wait in review/ before it expires to quarantine, unless configured.
+DEFAULT_REVIEW_EXPIRY = 72 * 3600.0
+#: The two-person rule is the strongest the issue asks for; more would need more officers online.
+MAX_APPROVALS = 2
 #: Size units: SI units are 1000-based, IEC units 1024-based, as their standards say.
 SIZE_UNITS: Mapping[str, int] = {
     "B": 1,
@@ -142,6 +151,33 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class Person:
+    """A person and the one role their Ed25519 key proves (administrator, officer, auditor).
+
+    Why keys and not names: a name on a command line proves nothing; a signature made with the
+    private half of `key` does. `accounts` are the system accounts (outbox, SFTP) this person
+    drops files through: a message dropped through one of them counts as submitted by them, so
+    they cannot approve it.
+    """
+
+    name: str
+    role: str
+    key: Path
+    accounts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A flow's review rule: `required` distinct officers' approvals, from `officers` (names;
+    empty means every security officer of this config), before `expires` seconds have passed
+    since the message was collected; after that it goes to quarantine."""
+
+    required: int = 0
+    officers: tuple[str, ...] = ()
+    expires: float = DEFAULT_REVIEW_EXPIRY
+
+
+@dataclass(frozen=True)
 class Flow:
     """One named one-way route; `source`/`destination` are the YAML's `from`/`to` zones."""
 
@@ -155,6 +191,10 @@ class Flow:
     resend_window: int
     #: seconds a sent envelope is kept in sent/ (for re-sends and inspection) before removal
     sent_retention: float = DEFAULT_SENT_RETENTION
+    #: the review rule (two-person rule for `publish`); required=0 means no review
+    approval: Approval = Approval()
+    #: the receiver writes a signed manifest beside each delivered file (signed publication)
+    signed_delivery: bool = False
 
 
 @dataclass(frozen=True)
@@ -184,6 +224,8 @@ class GatewayConfig:
     peers: tuple[Peer, ...]
     metrics: Metrics
     flows: tuple[Flow, ...]
+    #: people and their role keys (administrator, security-officer, auditor)
+    people: tuple[Person, ...] = ()
 
     def flow(self, name: str) -> Flow:
         """The flow called `name`; KeyError if this config has none."""
@@ -419,6 +461,11 @@ class _Reader:
             )
         return text
 
+    def boolean(self, value: object, path: YamlPath) -> bool:
+        if not isinstance(value, bool):
+            raise self.at_value(path, f"expected true or false, got {_describe(value)}")
+        return value
+
     def choice(self, value: object, path: YamlPath, what: str, options: tuple[str, ...]) -> str:
         text = self.string(value, path)
         if text not in options:
@@ -581,6 +628,65 @@ class _Reader:
             )
         return policy
 
+    def people(self, value: object, path: YamlPath) -> tuple[Person, ...]:
+        """People and role keys. One role per person: a name or a key file listed twice (or
+        two files with the same key) is an error, so no one can hold two roles."""
+        parsed = []
+        seen_keys: dict[bytes, int] = {}
+        for index, item in enumerate(self.sequence(value, path)):
+            item_path = (*path, index)
+            raw = self.mapping(item, item_path, ("name", "role", "key"), ("accounts",))
+            read = {"accounts": ()} | self.fields(
+                raw,
+                item_path,
+                {
+                    "name": self.name,
+                    "role": lambda v, p: self.choice(v, p, "role", ROLES),
+                    "key": lambda v, p: self.key_file(v, p, private=False),
+                    "accounts": lambda v, p: tuple(
+                        self.string(a, (*p, i)) for i, a in enumerate(self.sequence(v, p))
+                    ),
+                },
+            )
+            key_path = (*item_path, "key")
+            try:
+                content = b"".join(read["key"].read_bytes().split())
+            except OSError as exc:
+                raise self.at_value(key_path, f"cannot read key file: {exc.strerror}") from None
+            if content in seen_keys:
+                raise self.at_value(
+                    key_path,
+                    f"this key is already listed for another person (line {seen_keys[content]}); "
+                    f"a person holds exactly one role",
+                )
+            seen_keys[content] = self.positions.value_line(key_path) or 0
+            parsed.append(read)
+        self.unique(parsed, path, "person")
+        return tuple(Person(**person) for person in parsed)
+
+    def approval(self, value: object, path: YamlPath) -> Approval:
+        raw = self.mapping(value, path, ("required",), ("officers", "expires"))
+
+        def required(v: object, p: YamlPath) -> int:
+            number = self.integer(v, p)
+            if not 0 <= number <= MAX_APPROVALS:
+                raise self.at_value(p, f"expected 0..{MAX_APPROVALS} approvals, got {number}")
+            return number
+
+        def officers(v: object, p: YamlPath) -> tuple[str, ...]:
+            return tuple(self.name(n, (*p, i)) for i, n in enumerate(self.sequence(v, p)))
+
+        def expires(v: object, p: YamlPath) -> float:
+            seconds = self.duration(v, p)
+            if seconds <= 0:
+                raise self.at_value(p, "a review expiry must be longer than 0 seconds")
+            return seconds
+
+        read = self.fields(
+            raw, path, {"required": required, "officers": officers, "expires": expires}
+        )
+        return Approval(**read)
+
     def flows(self, value: object, path: YamlPath) -> tuple[Flow, ...]:
         parsed = []
         readers = {
@@ -593,6 +699,8 @@ class _Reader:
             "policy": self.policy,
             "resend_window": self.size,
             "sent_retention": self.duration,
+            "approval": self.approval,
+            "signed_delivery": self.boolean,
         }
         for index, item in enumerate(self.sequence(value, path)):
             item_path = (*path, index)
@@ -600,12 +708,14 @@ class _Reader:
                 item,
                 item_path,
                 ("name", "from", "to", "sender", "receiver", "transport"),
-                ("policy", "resend_window", "sent_retention"),
+                ("policy", "resend_window", "sent_retention", "approval", "signed_delivery"),
             )
             defaults = {
                 "policy": Policy(),
                 "resend_window": DEFAULT_RESEND_WINDOW,
                 "sent_retention": DEFAULT_SENT_RETENTION,
+                "approval": Approval(),
+                "signed_delivery": False,
             }
             parsed.append(defaults | self.fields(raw, item_path, readers))
         self.unique(parsed, path, "flow")
@@ -620,13 +730,15 @@ class _Reader:
                 policy=flow["policy"],
                 resend_window=flow["resend_window"],
                 sent_retention=flow["sent_retention"],
+                approval=flow["approval"],
+                signed_delivery=flow["signed_delivery"],
             )
             for flow in parsed
         )
 
 
 _TOP_REQUIRED = ("version", "gateway", "zones", "paths", "keys", "flows")
-_TOP_OPTIONAL = ("peers", "metrics")
+_TOP_OPTIONAL = ("peers", "metrics", "people")
 
 
 def _cross_check(reader: _Reader, config: GatewayConfig) -> None:
@@ -704,9 +816,50 @@ def _cross_check(reader: _Reader, config: GatewayConfig) -> None:
                     f"flow {flow.name!r}",
                 )
             )
+    _check_approvals(reader, config, errors)
     if errors:
         # min() keeps the first of equal lines, i.e. the logical order within a line.
         raise min(errors, key=lambda e: e.line if e.line is not None else float("inf"))
+
+
+def _check_approvals(reader: _Reader, config: GatewayConfig, errors: list[ConfigError]) -> None:
+    """Each flow's officers are security officers listed under `people`, enough of them.
+
+    Why at load time: a flow that needs two approvals but names one officer (or an auditor) could
+    never release anything, and that should stop the gateway at start-up, not a release at 2 a.m.
+    """
+    roles = {person.name: person.role for person in config.people}
+    officers = tuple(name for name, role in roles.items() if role == "security-officer")
+    for index, flow in enumerate(config.flows):
+        rule = flow.approval
+        if rule.required == 0:
+            continue
+        path: YamlPath = ("flows", index, "approval")
+        for i, name in enumerate(rule.officers):
+            if name not in roles:
+                errors.append(
+                    reader.at_value(
+                        (*path, "officers", i),
+                        f"unknown person {name!r} (expected one of the security officers "
+                        f"under people: {', '.join(officers) or '(none)'})",
+                    )
+                )
+            elif roles[name] != "security-officer":
+                errors.append(
+                    reader.at_value(
+                        (*path, "officers", i),
+                        f"{name!r} is {roles[name]}, not security-officer; only officers approve",
+                    )
+                )
+        eligible = set(rule.officers or officers)
+        if len(eligible) < rule.required:
+            errors.append(
+                reader.at_value(
+                    (*path, "required"),
+                    f"{rule.required} approvals needed but only {len(eligible)} security "
+                    f"officer(s) may give them",
+                )
+            )
 
 
 def load_gateway_config(path: str | Path) -> GatewayConfig:
@@ -753,6 +906,7 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
         )
     raw = reader.mapping(document, (), _TOP_REQUIRED, _TOP_OPTIONAL)
     sections = {
+        "people": (),
         "peers": (),
         "metrics": Metrics(),
     } | reader.fields(
@@ -767,6 +921,7 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
             "peers": reader.peers,
             "metrics": reader.metrics,
             "flows": reader.flows,
+            "people": reader.people,
         },
     )
     gateway, paths, keys = sections["gateway"], sections["paths"], sections["keys"]
@@ -785,6 +940,7 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
         peers=sections["peers"],
         metrics=sections["metrics"],
         flows=sections["flows"],
+        people=sections["people"],
     )
     _cross_check(reader, config)
     return config
