@@ -89,7 +89,15 @@ class IngestAgent:
             for name in names:
                 if self.ctx.stop.is_set():
                     return taken
-                msg_id = self.claim(flow, new, name)
+                try:
+                    msg_id = self.claim(flow, new, name)
+                except OSError as e:
+                    # Typically a full disk: the file stays in new/, nothing half-claimed is
+                    # kept (recovery clears tmp/ingest), and ingest tries again shortly.
+                    log.error("cannot claim %s from %s: %s; will retry", name, new, e)
+                    self.ctx.metrics.rejections.labels(flow.name, "ingest", "claim-failed").inc()
+                    self.ctx.sleep(1.0)
+                    return taken
                 if msg_id is not None:
                     self.check_incoming(msg_id)
                     taken += 1

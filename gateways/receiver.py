@@ -18,6 +18,7 @@ file (transfer/publication.py) so the publishing step can verify it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import logging
@@ -181,16 +182,36 @@ class ReceiverAgent:
 
     # -- deliver stage ------------------------------------------------------------------
     def deliver_loop(self) -> None:
-        for msg_id in self.ctx.spool.ids("received"):
-            self.deliver(msg_id)
         while not self.ctx.stop.is_set():
             ids = self.ctx.spool.ids("received")
             for msg_id in ids:
                 if self.ctx.stop.is_set():
                     return
-                self.deliver(msg_id)
+                self._deliver_guarded(msg_id)
             if not ids:
                 self.ctx.sleep(0.05)
+
+    def _deliver_guarded(self, msg_id: str) -> None:
+        """A message that breaks delivery goes to corrupt/; the ones behind it go on."""
+        try:
+            self.deliver(msg_id)
+            return
+        except FailClosed:
+            raise
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                log.error("disk full while delivering %s; waiting for space: %s", msg_id, e)
+                self.ctx.sleep(1.0)
+                return
+            reason = f"{type(e).__name__}: {e}"
+        except Exception as e:
+            reason = f"{type(e).__name__}: {e}"
+        log.exception("cannot deliver received/%s; moving it to corrupt/", msg_id)
+        if self.ctx.spool.entry("received", msg_id).exists():
+            meta = MessageMeta(id=msg_id, flow="unknown", system="", original_name="")
+            with contextlib.suppress(Exception):
+                meta = self.ctx.spool.read_meta("received", msg_id)
+            self._corrupt_received(msg_id, meta, f"internal error: {reason}")
 
     def deliver(self, msg_id: str) -> None:
         started = time.monotonic()

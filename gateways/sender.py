@@ -14,10 +14,12 @@ envelope header, covered by the gateway's signature. Without them it goes to qua
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,13 +130,13 @@ class SenderAgent:
         for msg_id in self.ctx.spool.ids("ready"):
             if self.ctx.stop.is_set():
                 return busy
-            self.seal(msg_id)
+            self._guarded("ready", msg_id, self.seal)
             busy = True
         for msg_id in self.ctx.spool.ids("active"):
             if self.ctx.stop.is_set():
                 return busy
             self._service_links()
-            busy = self.send(msg_id) or busy
+            busy = bool(self._guarded("active", msg_id, self.send)) or busy
         self._heartbeats()
         if time.monotonic() - self._last_prune > PRUNE_INTERVAL:
             self.prune_sent()
@@ -240,8 +242,10 @@ class SenderAgent:
         seq = state.seq + 1
         meta = meta.replace(seq=seq)
         self.ctx.record("sealed", meta)
+        # The number is written before the move, so a message in active/ always has one; a
+        # crash before the move leaves it in ready/, where it is simply numbered again.
+        spool.write_meta("ready", msg_id, meta)
         spool.move(msg_id, "ready", "active")
-        spool.write_meta("active", msg_id, meta)
         state.seq = seq
         replace_durably(self._seq_file(meta.flow), str(seq).encode())
         self._seal_in_place(msg_id, meta, state)
@@ -383,6 +387,32 @@ class SenderAgent:
                 return
             self.ctx.record("resent", meta, outcome="info", reason="link re-established")
             self.ctx.metrics.messages.labels(meta.flow, "send", "resent").inc()
+
+    def _guarded(self, state: str, msg_id: str, step: Callable[[str], object]) -> object:
+        """One message's step; a failure it causes is its own, never the queue's.
+
+        A full disk is waited out (the message stays where it is); any other error moves the
+        message to corrupt/ with the error as its reason, so the messages behind it go on.
+        """
+        try:
+            return step(msg_id)
+        except FailClosed:
+            raise
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                log.error("disk full while handling %s; waiting for space: %s", msg_id, e)
+                self.ctx.sleep(1.0)
+                return False
+            reason = f"{type(e).__name__}: {e}"
+        except Exception as e:
+            reason = f"{type(e).__name__}: {e}"
+        log.exception("cannot handle %s/%s; moving it to corrupt/", state, msg_id)
+        meta = None
+        with contextlib.suppress(Exception):
+            meta = self.ctx.spool.read_meta(state, msg_id)
+        if self.ctx.spool.entry(state, msg_id).exists():
+            self._corrupt(state, msg_id, meta, f"internal error: {reason}")
+        return False
 
     def _damage(self, entry: Path) -> str | None:
         """Why an envelope on disk is no longer what we sealed (None when intact).

@@ -70,7 +70,7 @@ def test_normal_transfer_yields_begin_data_complete(chunk: int) -> None:
     r = reasm()
     events = feed_all(r, frames_for(tid, body, chunk))
     assert events[0] == Begin(tid, FLOW, SENDER, len(body), False, None)
-    assert events[-1] == Complete(tid, len(body))
+    assert events[-1] == Complete(tid, len(body), hashlib.sha256(body).digest())
     middle = events[1:-1]
     assert all(isinstance(e, Data) and e.transfer == tid for e in middle)
     assert len(middle) == -(-len(body) // chunk)
@@ -83,7 +83,9 @@ def test_normal_transfer_yields_begin_data_complete(chunk: int) -> None:
 def test_resend_flag_is_carried_and_a_second_transfer_follows_the_first() -> None:
     r = reasm()
     first, second = new_message_id(), new_message_id()
-    assert feed_all(r, frames_for(first, b"one", 2))[-1] == Complete(first, 3)
+    assert feed_all(r, frames_for(first, b"one", 2))[-1] == Complete(
+        first, 3, hashlib.sha256(b"one").digest()
+    )
     ev = r.feed(begin_frame(second, FLOW, SENDER, 5, True))
     assert ev == [Begin(second, FLOW, SENDER, 5, True, None)]
     assert r.open_transfer == second
@@ -177,7 +179,9 @@ def test_begin_while_open_aborts_old_and_marks_abandoned() -> None:
     assert r.open_transfer == new
     # the new transfer starts from offset 0 with a fresh hash
     assert r.feed(data_frame(new, 0, b"hello")) == [Data(new, 0, b"hello")]
-    assert r.feed(end_frame(new, hashlib.sha256(b"hello").digest())) == [Complete(new, 5)]
+    assert r.feed(end_frame(new, hashlib.sha256(b"hello").digest())) == [
+        Complete(new, 5, hashlib.sha256(b"hello").digest())
+    ]
     # the old transfer's frames are now stray
     only(r.feed(data_frame(old, 3, b"def")), Stray)
 
@@ -190,7 +194,9 @@ def test_resend_of_the_same_id_while_open_restarts_it() -> None:
     assert isinstance(ev[0], Abort) and ev[0].transfer == tid
     assert ev[1] == Begin(tid, FLOW, SENDER, 4, True, tid)
     assert r.feed(data_frame(tid, 0, b"abcd")) == [Data(tid, 0, b"abcd")]
-    assert r.feed(end_frame(tid, hashlib.sha256(b"abcd").digest())) == [Complete(tid, 4)]
+    assert r.feed(end_frame(tid, hashlib.sha256(b"abcd").digest())) == [
+        Complete(tid, 4, hashlib.sha256(b"abcd").digest())
+    ]
 
 
 @pytest.mark.parametrize(("flow", "sender"), [("publish", SENDER), (FLOW, "intruder-gw")])
@@ -288,7 +294,9 @@ def test_malformed_frames_leave_an_open_transfer_intact(frames: list[bytes]) -> 
     only(r.feed(frames), Stray)
     assert r.open_transfer == tid
     assert r.feed(data_frame(tid, 0, b"abc")) == [Data(tid, 0, b"abc")]
-    assert r.feed(end_frame(tid, hashlib.sha256(b"abc").digest())) == [Complete(tid, 3)]
+    assert r.feed(end_frame(tid, hashlib.sha256(b"abc").digest())) == [
+        Complete(tid, 3, hashlib.sha256(b"abc").digest())
+    ]
 
 
 def test_heartbeat_round_trip() -> None:
@@ -376,5 +384,5 @@ def test_any_body_and_chunking_reassembles(body: bytes, chunk: int) -> None:
         only(r.feed(begin_frame(tid, FLOW, SENDER, 0, False)), Stray)
         return
     events = feed_all(r, frames_for(tid, body, chunk))
-    assert events[-1] == Complete(tid, len(body))
+    assert events[-1] == Complete(tid, len(body), hashlib.sha256(body).digest())
     assert b"".join(e.payload for e in events if isinstance(e, Data)) == body
