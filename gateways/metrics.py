@@ -6,8 +6,10 @@ which would let any sender grow the series without limit.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -72,6 +74,17 @@ class AgentMetrics:
             "Audit appends that failed (transfers stop).",
             registry=self.registry,
         )
+        self.audit_write_failed = Gauge(
+            "zonegate_audit_write_failed",
+            "1 once this agent could not write its audit log or checkpoint (it stops: alert).",
+            registry=self.registry,
+        )
+        self.audit_checkpoint_copy_failures = Counter(
+            "zonegate_audit_checkpoint_copy_failures",
+            "Checkpoints not written to the second place (copy file or syslog).",
+            ["place"],
+            registry=self.registry,
+        )
         self.link_up = Gauge(
             "zonegate_link_up", "1 when the flow's link is connected.", ["flow"],
             registry=self.registry,
@@ -94,6 +107,47 @@ class AgentMetrics:
         self.up.labels(agent, gateway).set(1)
         if spool is not None:
             self.registry.register(_SpoolCollector(spool, STATES))
+
+    def watch_audit(self, log: Path, storage_warning: int) -> None:
+        """Gauges read at scrape time: checkpoint age and audit storage against its threshold.
+
+        Read from the files rather than tracked in memory, so every agent of a gateway reports
+        the same checkpoint age whichever of them wrote the last one.
+        """
+        started = time.time()
+        checkpoints = Path(f"{log}.checkpoints")
+
+        def age() -> float:
+            try:
+                return max(0.0, time.time() - checkpoints.stat().st_mtime)
+            except OSError:
+                return time.time() - started  # none yet: as old as this agent
+
+        def used() -> float:
+            total = 0
+            try:
+                for entry in os.scandir(log.parent):
+                    if entry.name.startswith(log.name) and entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                pass
+            return float(total)
+
+        Gauge(
+            "zonegate_audit_checkpoint_age_seconds",
+            "Seconds since the newest signed checkpoint of the gateway's audit log.",
+            registry=self.registry,
+        ).set_function(age)
+        Gauge(
+            "zonegate_audit_storage_bytes",
+            "Bytes used by the audit log, its rotated files and checkpoints.",
+            registry=self.registry,
+        ).set_function(used)
+        Gauge(
+            "zonegate_audit_storage_warning",
+            "1 when the audit files use more than the configured storage_warning.",
+            registry=self.registry,
+        ).set_function(lambda: 1.0 if used() >= storage_warning else 0.0)
 
     def serve(self, address: Address | None) -> int | None:
         """Start the HTTP endpoint; returns the bound port (0 in config picks a free one)."""

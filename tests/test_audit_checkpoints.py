@@ -8,6 +8,7 @@ Each test builds a real log with real signed checkpoints (the audit key generate
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 from pathlib import Path
@@ -196,11 +197,12 @@ def test_checkpoint_with_a_flipped_signature_or_edited_root(tmp_path: Path, key_
 def test_checkpoints_grow_and_are_pairwise_consistent(tmp_path: Path, key_files) -> None:
     key = load_signing_private(key_files.audit_private)
     path = build(tmp_path, key, n=37, every=5)
-    cps = [Checkpoint.from_dict(json.loads(x)) for x in Path(checkpoint_path(path)).open("rb")]
+    cp_lines = Path(checkpoint_path(path)).read_bytes().splitlines()
+    cps = [Checkpoint.from_dict(json.loads(x)) for x in cp_lines]
     assert [c.size for c in cps] == [5, 10, 15, 20, 25, 30, 35]
     assert all(c.verify(key.public_key()) for c in cps)
     tree = MerkleTree(leaf_hash(x[:-1]) for x in lines(path))
-    for a, b in zip(cps, cps[1:], strict=False):
+    for a, b in itertools.pairwise(cps):
         proof = tree.consistency_proof(a.size, b.size)
         assert verify_consistency(a.size, b.size, proof.hashes, a.root_bytes(), b.root_bytes())
     shipped = (tmp_path / "shipped.checkpoints").read_bytes()

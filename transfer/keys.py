@@ -3,8 +3,9 @@
 Each gateway holds three key pairs: Ed25519 to sign what it sends, X25519 to receive what is
 sealed for it, and a separate Ed25519 audit key that signs only its audit checkpoints (so an
 auditor can be given the audit public key alone, and the envelope key can be rotated without
-breaking the verification of old logs). Files are PEM (PKCS#8 private, SubjectPublicKeyInfo public) so standard tools can
-inspect them; private files are created with O_EXCL and mode 0600 and never overwritten silently.
+breaking the verification of old logs). Files are PEM (PKCS#8 private, SubjectPublicKeyInfo
+public) so standard tools can inspect them; private files are created with O_EXCL and mode
+0600 and never overwritten silently.
 """
 
 from __future__ import annotations
