@@ -38,14 +38,11 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     checkpoint_files = list(args.checkpoints or [])
     if args.config:
         cfg = load_config(args.config)
-        logs = logs or [str(cfg.audit_log)]
         if key_path is None and cfg.audit_key is not None:
             pub = cfg.audit_key.with_suffix(".pub")
             key_path = str(pub) if pub.exists() else None
         if cfg.audit.checkpoint_copy is not None and cfg.audit.checkpoint_copy.exists():
             checkpoint_files.append(str(cfg.audit.checkpoint_copy))
-    if not logs:
-        raise CliError("give at least one LOG, or --config")
     key = _public_key(key_path)
     results = []
     for path in logs:
@@ -263,7 +260,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Exit 0 when every log is intact; 1 naming the first bad record or the "
         "failed checkpoint otherwise; 2 for a usage error.",
     )
-    av.add_argument("logs", nargs="*", metavar="LOG")
+    av.add_argument("logs", nargs="+", metavar="LOG")
     av.add_argument("--key", metavar="PUB", help="the gateway's audit public key (.audit.pub)")
     av.add_argument(
         "--checkpoints",
@@ -271,7 +268,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="another copy of the checkpoints (e.g. the one shipped elsewhere); repeatable",
     )
-    av.add_argument("--config", metavar="FILE", help="take log, key and copy from a config")
+    av.add_argument("--config", metavar="FILE", help="take the audit key and checkpoint copy from a config")
     av.add_argument(
         "--require-checkpoints",
         action="store_true",
