@@ -268,7 +268,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="another copy of the checkpoints (e.g. the one shipped elsewhere); repeatable",
     )
-    av.add_argument("--config", metavar="FILE", help="take the audit key and checkpoint copy from a config")
+    av.add_argument(
+        "--config", metavar="FILE", help="take the audit key and checkpoint copy from a config"
+    )
     av.add_argument(
         "--require-checkpoints",
         action="store_true",
