@@ -34,6 +34,7 @@ from .verify import check_line
 
 __all__ = [
     "CHECKPOINT_DOMAIN",
+    "Base",
     "Checkpoint",
     "Checkpointer",
     "LogTreeReader",
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 CHECKPOINT_DOMAIN = b"zonegate/audit/checkpoint/v1\n"
+BASE_DOMAIN = b"zonegate/audit/base/v1\n"
 _FIELDS = ("gateway", "size", "root", "time", "key", "sig")
 
 
@@ -113,6 +115,73 @@ class Checkpoint:
         return cls(**obj)
 
 
+def base_path(log: str | os.PathLike[str]) -> str:
+    """Where the signed state of pruned records is kept: beside the log."""
+    return os.fspath(log) + ".base"
+
+
+@dataclass(frozen=True)
+class Base:
+    """What remains of records removed by retention: enough to go on verifying without them.
+
+    ``size`` records were pruned; ``last_hash`` is the hash of the last of them (the ``prev``
+    of the first record kept) and ``frontier`` the right edge of the Merkle tree over them
+    ((height, hex) pairs), so roots of later checkpoints can still be recomputed. Signed by the
+    audit key, because without it anyone could "prune" the start of a log by writing one.
+    """
+
+    gateway: str
+    size: int
+    last_hash: str
+    frontier: tuple[tuple[int, str], ...]
+    time: str
+    key: str
+    sig: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["frontier"] = [list(x) for x in self.frontier]
+        return d
+
+    def signed_bytes(self) -> bytes:
+        return BASE_DOMAIN + canonical_bytes(
+            {k: v for k, v in self.to_dict().items() if k != "sig"}
+        )
+
+    def verify(self, public_key: Ed25519PublicKey) -> bool:
+        try:
+            public_key.verify(base64.b64decode(self.sig, validate=True), self.signed_bytes())
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+    def tree(self) -> TreeFrontier:
+        return TreeFrontier.from_stack(self.size, [(h, bytes.fromhex(d)) for h, d in self.frontier])
+
+    @classmethod
+    def read(cls, log: str | os.PathLike[str]) -> Base | None:
+        """The base of a log, None if it has none; ``ValueError`` if the file is damaged."""
+        try:
+            with open(base_path(log), "rb") as f:
+                obj = json.loads(f.read(1 << 20))
+        except FileNotFoundError:
+            return None
+        try:
+            base = cls(
+                gateway=str(obj["gateway"]),
+                size=int(obj["size"]),
+                last_hash=str(obj["last_hash"]),
+                frontier=tuple((int(h), str(d)) for h, d in obj["frontier"]),
+                time=str(obj["time"]),
+                key=str(obj["key"]),
+                sig=str(obj["sig"]),
+            )
+            base.tree()
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"base file {base_path(log)} is damaged ({exc})") from None
+        return base
+
+
 def read_checkpoints(path: str | os.PathLike[str]) -> Iterator[tuple[int, Checkpoint | str]]:
     """(line number, checkpoint or why the line is not one) for each line of a checkpoint file."""
     with open(path, "rb") as f:
@@ -146,6 +215,14 @@ class LogTreeReader:
 
     def update(self) -> None:
         """Read new records; ``AuditWriteError`` naming the seq if a record does not check."""
+        if self.frontier.size == 0:
+            try:
+                base = Base.read(self.path)
+            except ValueError as exc:
+                raise AuditWriteError(str(exc)) from None
+            if base is not None:
+                self.frontier = base.tree()
+                self.last_hash = base.last_hash
         for first, path in self._files():
             next_seq = self.frontier.size + 1
             offset = self._cursor[1] if self._cursor and self._cursor[0] == first else 0
@@ -238,6 +315,7 @@ class Checkpointer:
 
     def checkpoint(self) -> Checkpoint:
         """Sign the log as it is now and write the checkpoint to every place."""
+
         try:
             fd = os.open(
                 self.path,
@@ -269,6 +347,71 @@ class Checkpointer:
         if self.syslog is not None:
             self.syslog.send(checkpoint_rfc5424(cp.to_dict(), self.agent))
         return cp
+
+    def prune(self, retention: float, now_ts: float | None = None) -> int:
+        """Remove rotated files whose newest record is older than ``retention`` seconds.
+
+        Only whole segments, oldest first, and only records a checkpoint written under the same
+        lock covers. Before anything is deleted, the signed ``Base`` (chain hash and tree edge
+        at the cut) is written durably, so the log still verifies from there on. Returns the
+        number of files removed.
+        """
+        import time as _time
+
+        cutoff = (now_ts if now_ts is not None else _time.time()) - retention
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self.reader.update()
+            try:
+                base = Base.read(self.log_path)
+            except ValueError as exc:
+                raise AuditWriteError(str(exc)) from None
+            frontier = base.tree() if base else TreeFrontier()
+            last_hash = base.last_hash if base else GENESIS_HASH
+            doomed: list[str] = []
+            for first, seg in segments(self.log_path):
+                if first != frontier.size + 1:
+                    raise AuditWriteError(f"cannot prune: {seg} does not follow the base")
+                lines = open(seg, "rb").read().splitlines(keepends=True)  # noqa: SIM115
+                newest = json.loads(lines[-1])["time"]
+                if _time_of(newest) >= cutoff or first + len(lines) - 1 > self.reader.size:
+                    break
+                for i, raw in enumerate(lines):
+                    problem, digest = check_line(raw, first + i, last_hash)
+                    if problem is not None:
+                        raise AuditWriteError(f"cannot prune {seg}: {problem}")
+                    frontier.append(leaf_hash(raw[:-1]))
+                    last_hash = digest
+                doomed.append(seg)
+            if not doomed:
+                return 0
+            stack = tuple((h, d.hex()) for h, d in frontier.stack)
+            unsigned = Base(self.gateway, frontier.size, last_hash, stack, self.clock(),
+                            key_id(self.key.public_key()), "")  # fmt: skip
+            sig = base64.b64encode(self.key.sign(unsigned.signed_bytes())).decode("ascii")
+            signed = Base(**{**asdict(unsigned), "sig": sig})
+            tmp = base_path(self.log_path) + ".tmp"
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                _write_all(out, canonical_bytes(signed.to_dict()) + b"\n")
+                os.fsync(out)
+            finally:
+                os.close(out)
+            os.replace(tmp, base_path(self.log_path))
+            _fsync_dir(os.path.dirname(os.path.abspath(self.log_path)))
+            for seg in doomed:
+                os.unlink(seg)
+            _fsync_dir(os.path.dirname(os.path.abspath(self.log_path)))
+            return len(doomed)
+        finally:
+            os.close(fd)
+
+
+def _time_of(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def _append_durably(path: str, line: bytes) -> None:

@@ -91,6 +91,26 @@ class TreeFrontier:
         # (height, hash) of maximal perfect subtrees, left to right; heights strictly decrease.
         self._stack: list[tuple[int, bytes]] = []
 
+    @classmethod
+    def from_stack(cls, size: int, stack: Sequence[tuple[int, bytes]]) -> TreeFrontier:
+        """Resume from a saved right edge (``stack``), e.g. after old records were pruned."""
+        heights = [h for h, _ in stack]
+        if (
+            sum(1 << h for h in heights) != size
+            or heights != sorted(heights, reverse=True)
+            or (len(set(heights)) != len(heights))
+            or any(len(d) != HASH_SIZE for _, d in stack)
+        ):
+            raise ValueError("not the frontier of a tree of that size")
+        frontier = cls()
+        frontier.size = size
+        frontier._stack = list(stack)
+        return frontier
+
+    @property
+    def stack(self) -> tuple[tuple[int, bytes], ...]:
+        return tuple(self._stack)
+
     def append(self, leaf: bytes) -> None:
         """Add one leaf hash (already ``leaf_hash``ed)."""
         height, digest = 0, leaf

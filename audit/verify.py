@@ -75,7 +75,7 @@ def verify(
     log has at its size (a rewrite), and must be consistent with the one before it in its file
     (an RFC 6962 consistency proof built from the log and checked against both signed roots).
     """
-    from .checkpoint import checkpoint_path, key_id, read_checkpoints
+    from .checkpoint import Base, checkpoint_path, key_id, read_checkpoints
 
     records = 0
     last_hash: str | None = None
@@ -89,8 +89,37 @@ def verify(
     if isinstance(head, str):
         return bad(None, head)
     head_hash: str | None = None
-    tree = MerkleTree()
+    wanted_key = key_id(public_key) if public_key is not None else None
+    # Checkpoints are read first: with a retention base the tree is kept as a frontier only,
+    # and the roots at the checkpoints' sizes must be taken as the stream passes them.
+    sources = [checkpoint_path(path)] if os.path.exists(checkpoint_path(path)) else []
+    sources += [os.fspath(p) for p in checkpoint_files]
+    entries: list[tuple[str, list[tuple[int, Any]]]] = []
+    for source in sources:
+        try:
+            entries.append((source, list(read_checkpoints(source))))
+        except OSError as exc:
+            return bad(None, f"cannot read checkpoint file {source}: {exc}")
+    try:
+        base = Base.read(path)
+    except ValueError as exc:
+        return bad(None, str(exc))
+    tree: MerkleTree | None = MerkleTree()
     prev = GENESIS_HASH
+    frontier = None
+    roots: dict[int, bytes] = {}
+    needed = {cp.size for _, es in entries for _, cp in es if not isinstance(cp, str)}
+    if base is not None:
+        if public_key is not None and (
+            not hmac.compare_digest(base.key, wanted_key or "") or not base.verify(public_key)
+        ):
+            return bad(None, "base file (records pruned by retention) is not signed by the "
+                       "audit key: the start of the log was cut (forged?)")  # fmt: skip
+        tree = None
+        frontier = base.tree()
+        records = base.size
+        prev = base.last_hash
+        roots[base.size] = frontier.root()
     for name in files:
         try:
             f = open(name, "rb")  # noqa: SIM115 - closed below; the error paths need the handle
@@ -117,7 +146,12 @@ def verify(
                     return bad(
                         lineno, f"{where}line {lineno}: {problem}", first_bad_seq=seq, file=name
                     )
-                tree.append(leaf_hash(raw[:-1]))
+                if tree is not None:
+                    tree.append(leaf_hash(raw[:-1]))
+                elif frontier is not None:
+                    frontier.append(leaf_hash(raw[:-1]))
+                    if frontier.size in needed:
+                        roots[frontier.size] = frontier.root()
                 prev = this_hash
                 records = seq
                 last_hash = prev
@@ -140,18 +174,16 @@ def verify(
             )
 
     # -- checkpoints --------------------------------------------------------------------------
-    sources = [checkpoint_path(path)] if os.path.exists(checkpoint_path(path)) else []
-    sources += [os.fspath(p) for p in checkpoint_files]
-    wanted_key = key_id(public_key) if public_key is not None else None
+    def root_at(size: int) -> bytes | None:
+        if tree is not None:
+            return tree.root(size)
+        return roots.get(size)
+
     checked = 0
     covered = 0
-    for source in sources:
+    for source, source_entries in entries:
         before = None
-        try:
-            entries = list(read_checkpoints(source))
-        except OSError as exc:
-            return bad(None, f"cannot read checkpoint file {source}: {exc}")
-        for lineno, cp in entries:
+        for lineno, cp in source_entries:
             place = f"checkpoint {source} line {lineno}"
 
             def cp_bad(problem: str, place: str = place) -> VerifyResult:
@@ -169,7 +201,12 @@ def verify(
                     f"signed at {cp.time} over {cp.size} records, but the log now ends at "
                     f"record {records}: records were cut from the end (or the log replaced)"
                 )
-            if not hmac.compare_digest(tree.root(cp.size), cp.root_bytes()):
+            root = root_at(cp.size)
+            if root is None and base is not None and cp.size < base.size:
+                before = cp  # signed over records since pruned by retention: nothing to compare
+                checked += 1
+                continue
+            if root is None or not hmac.compare_digest(root, cp.root_bytes()):
                 return cp_bad(
                     f"the first {cp.size} records of the log do not have the root signed at "
                     f"{cp.time}: the log was rewritten or replaced after that checkpoint"
@@ -180,7 +217,7 @@ def verify(
                         f"covers {cp.size} records, fewer than the {before.size} of the "
                         "checkpoint before it (checkpoints reordered or forged)"
                     )
-                if before.size > 0:
+                if before.size > 0 and tree is not None:
                     proof = tree.consistency_proof(before.size, cp.size)
                     if not verify_consistency(
                         before.size, cp.size, proof.hashes, before.root_bytes(), cp.root_bytes()
@@ -203,7 +240,7 @@ def verify(
         last_hash,
         checkpoints=checked,
         signatures_checked=public_key is not None and checked > 0,
-        root=tree.root().hex(),
+        root=(tree.root() if tree is not None else frontier.root() if frontier else b"").hex(),
         uncovered=records - covered,
         files=tuple(files),
     )

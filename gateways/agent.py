@@ -134,6 +134,16 @@ class AgentContext:
             self.stop.set()
             log.critical("audit checkpoint cannot be written, stopping transfers: %s", e)
             return False
+        try:
+            removed = self.checkpointer.prune(self.config.audit.retention)
+        except AuditWriteError as e:
+            self.metrics.audit_write_failed.set(1)
+            self.failed = True
+            self.stop.set()
+            log.critical("audit retention cannot prune, stopping transfers: %s", e)
+            return False
+        if removed:
+            self.record("expired", outcome="info", reason="audit log retention", files=removed)
         if self.checkpointer.copy_failures > copy_failures:
             self.metrics.audit_checkpoint_copy_failures.labels("file").inc()
             log.error("audit checkpoint copy not written to %s", self.config.audit.checkpoint_copy)

@@ -280,3 +280,43 @@ def test_checkpointer_refuses_to_sign_a_damaged_log(tmp_path: Path, key_files) -
     path.write_bytes(b"".join(data))
     with pytest.raises(AuditWriteError, match="damaged at seq 3"):
         Checkpointer(path, key, "gw-city").checkpoint()
+
+
+def test_retention_prunes_old_segments_and_the_log_still_verifies(
+    tmp_path: Path, key_files
+) -> None:
+    import time
+
+    from zonegate.audit.checkpoint import base_path
+
+    key = load_signing_private(key_files.audit_private)
+    path = build(tmp_path, key, n=60, every=7, rotate_bytes=4000)
+    segs_before = log_files(path)[:-1]
+    cp = Checkpointer(path, key, "gw-city")
+    # Nothing is old enough yet: six months' retention removes nothing.
+    assert cp.prune(183 * 86400) == 0
+    removed = cp.prune(86400, now_ts=time.time() + 2 * 86400)
+    assert removed == len(segs_before) and log_files(path) == [str(path)]
+    base = json.loads(Path(base_path(path)).read_text())
+    first_kept = json.loads(path.read_text().splitlines()[0])
+    assert base["size"] == first_kept["seq"] - 1 and base["last_hash"] == first_kept["prev"]
+    r, res = run_verify(path, key_files)
+    assert r.returncode == 0, res
+    assert res["records"] == 60
+    # The log goes on: more records and a checkpoint, read on from the base.
+    with AuditLog(path, gateway="gw-city", agent="receiver") as log:
+        log.append("agent-stopped", outcome="info")
+    Checkpointer(path, key, "gw-city").checkpoint()
+    r, res = run_verify(path, key_files)
+    assert r.returncode == 0 and res["records"] == 61 and res["uncovered"] == 0
+    # A base not signed by the audit key is refused; a deleted one leaves a gap at the start.
+    saved = Path(base_path(path)).read_bytes()
+    forged = json.loads(saved)
+    forged["sig"] = forged["sig"][:-4] + ("AAA=" if not forged["sig"].endswith("AAA=") else "BBB=")
+    Path(base_path(path)).write_text(json.dumps(forged))
+    r, res = run_verify(path, key_files)
+    assert r.returncode == 1 and "base file" in res["problem"]
+    Path(base_path(path)).unlink()
+    r, res = run_verify(path, key_files)
+    assert r.returncode == 1 and res["first_bad_line"] == 1
+    assert f"seq {first_kept['seq']}, expected 1" in res["problem"]
