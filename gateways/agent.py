@@ -100,11 +100,14 @@ class AgentContext:
         *,
         outcome: str = "ok",
         reason: str | None = None,
+        who: Mapping[str, str] | None = None,
         **extra: Any,
     ) -> None:
         message = message_fields(meta) if isinstance(meta, MessageMeta) else meta
         try:
-            self.audit.append(event, message=message, outcome=outcome, reason=reason, **extra)
+            self.audit.append(
+                event, message=message, outcome=outcome, reason=reason, who=who, **extra
+            )
         except AuditWriteError as e:
             self.metrics.audit_failures.inc()
             self.metrics.audit_write_failed.set(1)

@@ -87,3 +87,14 @@ def test_storage_warning_fires_above_the_threshold(tmp_path: Path) -> None:
     text = _scrape(ctx)
     assert metric_value(text, "zonegate_audit_storage_bytes") >= 3000
     assert metric_value(text, "zonegate_audit_storage_warning") == 1
+
+
+def test_record_names_who_acted(tmp_path: Path) -> None:
+    import json
+
+    ctx = _ctx(tmp_path)
+    who = {"system": "oa", "person": "李四", "role": "security-officer"}
+    ctx.record("approved", {"id": "m1", "flow": "publish", "seq": 3}, who=who)
+    rec = json.loads(ctx.config.audit_log.read_text(encoding="utf-8").splitlines()[-1])
+    assert rec["who"] == who and rec["gateway"] == "internal-gw" and rec["zone"] == "internal"
+    assert rec["event"] == "approved" and rec["message"]["seq"] == 3
