@@ -1,11 +1,14 @@
 """The tamper-evident audit log: one append-only, hash-chained JSON-lines file per gateway.
 
 ``AuditLog.append`` writes a record durably (or raises ``AuditWriteError`` so the caller fails
-closed); ``verify`` checks the chain and names the first bad line; ``read_records`` reads it
-back for search and reports.
+closed) and rotates the file by size or day; ``merkle`` is the RFC 6962 tree over the records;
+``Checkpointer`` signs (size, root, time) with the gateway's audit key and writes it to a second
+place; ``verify`` checks records, tree and checkpoints and names the first bad record or the
+failed checkpoint; ``tools`` searches, shows, exports, proves and reconciles.
 """
 
-from .log import AuditLog, AuditWriteError
+from .checkpoint import Checkpoint, Checkpointer, checkpoint_path, key_id
+from .log import AuditLog, AuditWriteError, log_files
 from .record import EVENTS, GENESIS_HASH, OUTCOMES, AuditRecord, canonical_bytes, record_hash
 from .verify import VerifyResult, read_records, verify
 
@@ -16,8 +19,13 @@ __all__ = [
     "AuditLog",
     "AuditRecord",
     "AuditWriteError",
+    "Checkpoint",
+    "Checkpointer",
     "VerifyResult",
     "canonical_bytes",
+    "checkpoint_path",
+    "key_id",
+    "log_files",
     "read_records",
     "record_hash",
     "verify",

@@ -58,7 +58,14 @@ class AuditLog:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, gateway: str, agent: str, zone: str | None = None
+        self,
+        path: str | os.PathLike[str],
+        *,
+        gateway: str,
+        agent: str,
+        zone: str | None = None,
+        rotate_bytes: int | None = None,
+        rotate_daily: bool = False,
     ) -> None:
         for name, value in (("gateway", gateway), ("agent", agent)):
             if not isinstance(value, str) or not value:
@@ -73,6 +80,11 @@ class AuditLog:
         self._closed = False
         # The highest seq this handle has written: the log must never again end below it.
         self._last_written: int | None = None
+        # Rotation: the current file is renamed to a segment ``<path>.<first seq>`` once it
+        # would grow past ``rotate_bytes`` or a record falls on a later UTC day than its first.
+        self.rotate_bytes = rotate_bytes
+        self.rotate_daily = rotate_daily
+        self._first_day: tuple[int, str] | None = None  # (inode, day of its first record)
 
     def __enter__(self) -> AuditLog:
         return self
@@ -160,9 +172,8 @@ class AuditLog:
         }
 
     def _append_locked(self, fields: dict[str, Any]) -> AuditRecord:
-        fd = self._open()
+        fd = self._open_current()
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 last_seq, last_hash = self._read_last(fd)
                 if self._last_written is not None and last_seq < self._last_written:
@@ -174,8 +185,11 @@ class AuditLog:
                 record = {**fields, "seq": last_seq + 1, "time": now(), "prev": last_hash}
                 record["hash"] = record_hash(record)
                 line = canonical_bytes(record) + b"\n"
-                _write_all(fd, line)
-                os.fsync(fd)
+                if self._should_rotate(fd, len(line), record["time"]):
+                    self._rotate(fd, line)
+                else:
+                    _write_all(fd, line)
+                    os.fsync(fd)
                 self._last_written = record["seq"]
                 write_head(self.path, record["seq"], record["hash"])
             finally:
@@ -183,6 +197,73 @@ class AuditLog:
         finally:
             os.close(fd)
         return _to_record(record)
+
+    def _open_current(self) -> int:
+        """Open and lock the file now at ``path``.
+
+        Another agent may rotate the file while this one waits for the lock; the lock then
+        belongs to a file that is now a segment, so look again until the locked file is the
+        one the path names.
+        """
+        while True:
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                here = os.fstat(fd)
+                try:
+                    now_at_path = os.stat(self.path, follow_symlinks=False)
+                except FileNotFoundError:
+                    now_at_path = None
+                if now_at_path is not None and os.path.samestat(here, now_at_path):
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _should_rotate(self, fd: int, length: int, time: str) -> bool:
+        info = os.fstat(fd)
+        if info.st_size == 0:
+            return False
+        if self.rotate_bytes is not None and info.st_size + length > self.rotate_bytes:
+            return True
+        if self.rotate_daily:
+            if self._first_day is None or self._first_day[0] != info.st_ino:
+                first = _first_record(fd)
+                self._first_day = (info.st_ino, first["time"][:10])
+            return self._first_day[1] != time[:10]
+        return False
+
+    def _rotate(self, fd: int, line: bytes) -> None:
+        """Start a new file with ``line``, keeping the old one as a segment, atomically.
+
+        The new file is complete (its first record written and fsynced) before it replaces the
+        old one, and the old one gets its segment name by a hard link first, so at every
+        instant the path names a valid log and no record is ever outside a named file. A crash
+        between the link and the replace leaves the segment and the current file as one inode,
+        which ``log_files`` recognises and the next rotation finishes.
+        """
+        first = _first_record(fd)
+        segment = segment_path(self.path, first["seq"])
+        tmp = f"{self.path}.{os.getpid()}.rotating"
+        new = os.open(tmp, _OPEN_FLAGS | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(new, line)
+            os.fsync(new)
+        finally:
+            os.close(new)
+        try:
+            os.link(self.path, segment)
+        except FileExistsError:
+            if not os.path.samefile(self.path, segment):
+                os.unlink(tmp)
+                raise AuditWriteError(
+                    f"cannot rotate {self.path}: {segment} exists and is another file"
+                ) from None
+        os.chmod(segment, 0o400)
+        os.replace(tmp, self.path)
+        _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
 
     def _open(self) -> int:
         """Open the log; create it (0600, directory fsynced) only if this handle never wrote."""
@@ -193,6 +274,11 @@ class AuditLog:
                 raise AuditWriteError(
                     f"audit log {self.path} has disappeared after this agent wrote seq "
                     f"{self._last_written}; not starting a new chain silently"
+                ) from None
+            if segments(self.path):
+                raise AuditWriteError(
+                    f"audit log {self.path} is missing but rotated segments of it exist; "
+                    "not starting a new chain silently; run `zonegate audit verify`"
                 ) from None
         try:
             fd = os.open(self.path, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o600)
@@ -210,6 +296,14 @@ class AuditLog:
         """Seq and hash of the last record, reading only the file's tail."""
         size = os.fstat(fd).st_size
         if size == 0:
+            segs = segments(self.path)
+            if segs:
+                # Emptied after a rotation: the chain continues from the newest segment.
+                seg_fd = os.open(segs[-1][1], os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                try:
+                    return self._read_last(seg_fd)
+                finally:
+                    os.close(seg_fd)
             return 0, GENESIS_HASH
         if os.pread(fd, 1, size - 1) != b"\n":
             raise AuditWriteError(
@@ -243,6 +337,59 @@ class AuditLog:
         if canonical_bytes(obj) != last or not hashes_equal(record_hash(obj), obj["hash"]):
             raise AuditWriteError(_damaged(self.path, "the last record does not hash"))
         return obj["seq"], obj["hash"]
+
+
+def segment_path(path: str | os.PathLike[str], first_seq: int) -> str:
+    """The name a rotated file gets: the log's name and the seq of its first record."""
+    return f"{os.fspath(path)}.{first_seq:012d}"
+
+
+def segments(path: str | os.PathLike[str]) -> list[tuple[int, str]]:
+    """(first seq, path) of each rotated segment of the log at ``path``, oldest first.
+
+    A segment that is the same file as the current log (a crash during rotation) is left out:
+    its records are read once, from the current file.
+    """
+    base = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(base))
+    prefix = os.path.basename(base) + "."
+    found = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        tail = name[len(prefix) :]
+        if name.startswith(prefix) and len(tail) == 12 and tail.isdigit():
+            full = os.path.join(directory, name)
+            try:
+                if os.path.exists(base) and os.path.samefile(full, base):
+                    continue
+            except OSError:
+                continue
+            found.append((int(tail), full))
+    return sorted(found)
+
+
+def log_files(path: str | os.PathLike[str]) -> list[str]:
+    """Every file of the log in order: the segments, oldest first, then the current file."""
+    files = [p for _, p in segments(path)]
+    if os.path.exists(path) or not files:
+        files.append(os.fspath(path))
+    return files
+
+
+def _first_record(fd: int) -> dict[str, Any]:
+    """The first record of a non-empty log file (its seq names the segment, its day rotates)."""
+    raw = os.pread(fd, MAX_RECORD_BYTES + 1, 0)
+    end = raw.find(b"\n")
+    try:
+        obj = json.loads(raw[:end])
+        if end < 0 or not isinstance(obj, dict) or check_fields(obj):
+            raise ValueError("malformed")
+    except ValueError:
+        raise AuditWriteError("the first record of the audit log is damaged") from None
+    return obj
 
 
 def _damaged(path: str, what: str) -> str:

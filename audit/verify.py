@@ -6,8 +6,8 @@ needs the place where the damage starts, not a cascade of follow-on errors.
 
 What the chain proves: no record was edited, deleted, inserted or reordered *before* the last
 record. What it cannot prove on its own: that records were not cut off the end, or that the last
-record was not rewritten with a recomputed hash. ``VerifyResult.last_hash`` is what a signed
-checkpoint (a later issue) will be compared against to close that gap.
+record was not rewritten with a recomputed hash; the signed checkpoints close that gap, and
+``verify`` checks them too.
 """
 
 from __future__ import annotations
@@ -15,10 +15,14 @@ from __future__ import annotations
 import hmac
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from .log import log_files
+from .merkle import MerkleTree, leaf_hash, verify_consistency
 from .record import (
     GENESIS_HASH,
     MAX_RECORD_BYTES,
@@ -34,8 +38,9 @@ class VerifyResult:
     """The outcome of ``verify``.
 
     ``records`` and ``last_hash`` describe the good prefix: on success the whole log, on failure
-    the records before ``first_bad_line``. ``problem`` is a sentence for a person, starting with
-    the line number.
+    the records before the first bad one. ``problem`` is a sentence for a person, starting with
+    the place (``line N`` for a one-file log, ``FILE line N`` once it has rotated, or the
+    checkpoint file and line for a checkpoint that fails).
     """
 
     ok: bool
@@ -43,44 +48,115 @@ class VerifyResult:
     first_bad_line: int | None
     problem: str | None
     last_hash: str | None
+    first_bad_seq: int | None = None
+    file: str | None = None
+    checkpoints: int = 0
+    signatures_checked: bool = False
+    failed_checkpoint: str | None = None
+    root: str | None = None
+    uncovered: int = 0
+    files: tuple[str, ...] = ()
 
 
-def verify(path: str | os.PathLike[str]) -> VerifyResult:
-    """Verify the whole chain of the log at ``path``; never raises for a bad or unreadable log."""
+def verify(
+    path: str | os.PathLike[str],
+    *,
+    public_key: Ed25519PublicKey | None = None,
+    checkpoint_files: Sequence[str | os.PathLike[str]] = (),
+    require_checkpoints: bool = False,
+) -> VerifyResult:
+    """Verify the records, the tree and the checkpoints of the log at ``path``; never raises.
+
+    Records: every file of the log (rotated segments, then the current file) is streamed once
+    and each record checked against the one before it. Tree: the RFC 6962 tree over all
+    records is rebuilt. Checkpoints (``<log>.checkpoints`` and each of ``checkpoint_files``,
+    e.g. the copy an operator shipped elsewhere): each must be signed by ``public_key`` (when
+    given), must not cover more records than the log holds (a cut tail), must have the root the
+    log has at its size (a rewrite), and must be consistent with the one before it in its file
+    (an RFC 6962 consistency proof built from the log and checked against both signed roots).
+    """
+    from .checkpoint import Base, checkpoint_path, key_id, read_checkpoints
+
     records = 0
     last_hash: str | None = None
+    files = log_files(path)
+    multi = len(files) > 1
 
-    def bad(lineno: int | None, problem: str) -> VerifyResult:
-        return VerifyResult(False, records, lineno, problem, last_hash)
+    def bad(lineno: int | None, problem: str, **more: Any) -> VerifyResult:
+        return VerifyResult(False, records, lineno, problem, last_hash, files=tuple(files), **more)
 
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below; the error paths need the handle
-    except FileNotFoundError:
-        return bad(None, f"no such file: {os.fspath(path)}")
-    except OSError as exc:
-        return bad(None, f"cannot read {os.fspath(path)}: {exc}")
     head = _read_head(path)
     if isinstance(head, str):
         return bad(None, head)
     head_hash: str | None = None
-    with f:
-        prev = GENESIS_HASH
-        while True:
-            try:
-                raw = f.readline(MAX_RECORD_BYTES + 1)
-            except OSError as exc:
-                return bad(records + 1, f"line {records + 1}: read error: {exc}")
-            if not raw:
-                break
-            lineno = records + 1
-            problem, this_hash = _check_line(raw, lineno, prev)
-            if problem is not None:
-                return bad(lineno, f"line {lineno}: {problem}")
-            prev = this_hash
-            records = lineno
-            last_hash = prev
-            if head is not None and lineno == head[0]:
-                head_hash = this_hash
+    wanted_key = key_id(public_key) if public_key is not None else None
+    # Checkpoints are read first: with a retention base the tree is kept as a frontier only,
+    # and the roots at the checkpoints' sizes must be taken as the stream passes them.
+    sources = [checkpoint_path(path)] if os.path.exists(checkpoint_path(path)) else []
+    sources += [os.fspath(p) for p in checkpoint_files]
+    entries: list[tuple[str, list[tuple[int, Any]]]] = []
+    for source in sources:
+        try:
+            entries.append((source, list(read_checkpoints(source))))
+        except OSError as exc:
+            return bad(None, f"cannot read checkpoint file {source}: {exc}")
+    try:
+        base = Base.read(path)
+    except ValueError as exc:
+        return bad(None, str(exc))
+    tree: MerkleTree | None = MerkleTree()
+    prev = GENESIS_HASH
+    frontier = None
+    roots: dict[int, bytes] = {}
+    needed = {cp.size for _, es in entries for _, cp in es if not isinstance(cp, str)}
+    if base is not None:
+        if public_key is not None and (
+            not hmac.compare_digest(base.key, wanted_key or "") or not base.verify(public_key)
+        ):
+            return bad(None, "base file (records pruned by retention) is not signed by the "
+                       "audit key: the start of the log was cut (forged?)")  # fmt: skip
+        tree = None
+        frontier = base.tree()
+        records = base.size
+        prev = base.last_hash
+        roots[base.size] = frontier.root()
+    for name in files:
+        try:
+            f = open(name, "rb")  # noqa: SIM115 - closed below; the error paths need the handle
+        except FileNotFoundError:
+            return bad(None, f"no such file: {name}")
+        except OSError as exc:
+            return bad(None, f"cannot read {name}: {exc}")
+        where = f"{os.path.basename(name)} " if multi else ""
+        with f:
+            lineno = 0
+            while True:
+                try:
+                    raw = f.readline(MAX_RECORD_BYTES + 1)
+                except OSError as exc:
+                    return bad(lineno + 1, f"{where}line {lineno + 1}: read error: {exc}")
+                if not raw:
+                    break
+                lineno += 1
+                seq = records + 1
+                problem, this_hash = check_line(raw, seq, prev)
+                if problem is not None:
+                    if multi:
+                        problem = f"{problem} (seq {seq})"
+                    return bad(
+                        lineno, f"{where}line {lineno}: {problem}", first_bad_seq=seq, file=name
+                    )
+                if tree is not None:
+                    tree.append(leaf_hash(raw[:-1]))
+                elif frontier is not None:
+                    frontier.append(leaf_hash(raw[:-1]))
+                    if frontier.size in needed:
+                        roots[frontier.size] = frontier.root()
+                prev = this_hash
+                records = seq
+                last_hash = prev
+                if head is not None and seq == head[0]:
+                    head_hash = this_hash
     if head is not None:
         seq, digest = head
         if seq > records:
@@ -88,12 +164,86 @@ def verify(path: str | os.PathLike[str]) -> VerifyResult:
                 records + 1,
                 f"line {records + 1}: the log ends at record {records} but its head file "
                 f"records seq {seq}: records were cut from the end",
+                first_bad_seq=records + 1,
             )
         if head_hash is None or not hmac.compare_digest(head_hash, digest):
             return bad(
-                seq, f"line {seq}: record differs from the one its head file names (replaced?)"
+                seq,
+                f"line {seq}: record differs from the one its head file names (replaced?)",
+                first_bad_seq=seq,
             )
-    return VerifyResult(True, records, None, None, last_hash)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def root_at(size: int) -> bytes | None:
+        if tree is not None:
+            return tree.root(size)
+        return roots.get(size)
+
+    checked = 0
+    covered = 0
+    for source, source_entries in entries:
+        before = None
+        for lineno, cp in source_entries:
+            place = f"checkpoint {source} line {lineno}"
+
+            def cp_bad(problem: str, place: str = place) -> VerifyResult:
+                return bad(None, f"{place}: {problem}", failed_checkpoint=place)
+
+            if isinstance(cp, str):
+                return cp_bad(cp)
+            if public_key is not None:
+                if not hmac.compare_digest(cp.key, wanted_key or ""):
+                    return cp_bad("signed by another key than the audit key given (forged?)")
+                if not cp.verify(public_key):
+                    return cp_bad("signature does not verify with the audit key (forged?)")
+            if cp.size > records:
+                return cp_bad(
+                    f"signed at {cp.time} over {cp.size} records, but the log now ends at "
+                    f"record {records}: records were cut from the end (or the log replaced)"
+                )
+            root = root_at(cp.size)
+            if root is None and base is not None and cp.size < base.size:
+                before = cp  # signed over records since pruned by retention: nothing to compare
+                checked += 1
+                continue
+            if root is None or not hmac.compare_digest(root, cp.root_bytes()):
+                return cp_bad(
+                    f"the first {cp.size} records of the log do not have the root signed at "
+                    f"{cp.time}: the log was rewritten or replaced after that checkpoint"
+                )
+            if before is not None:
+                if cp.size < before.size:
+                    return cp_bad(
+                        f"covers {cp.size} records, fewer than the {before.size} of the "
+                        "checkpoint before it (checkpoints reordered or forged)"
+                    )
+                if before.size > 0 and tree is not None:
+                    proof = tree.consistency_proof(before.size, cp.size)
+                    if not verify_consistency(
+                        before.size, cp.size, proof.hashes, before.root_bytes(), cp.root_bytes()
+                    ):
+                        return cp_bad("not consistent with the checkpoint before it")
+            before = cp
+            checked += 1
+            covered = max(covered, cp.size)
+    if require_checkpoints and records and not checked:
+        return bad(
+            None,
+            "no signed checkpoint covers this log, so a cut tail or a replaced file could not "
+            "be detected",
+        )
+    return VerifyResult(
+        True,
+        records,
+        None,
+        None,
+        last_hash,
+        checkpoints=checked,
+        signatures_checked=public_key is not None and checked > 0,
+        root=(tree.root() if tree is not None else frontier.root() if frontier else b"").hex(),
+        uncovered=records - covered,
+        files=tuple(files),
+    )
 
 
 def _read_head(path: str | os.PathLike[str]) -> tuple[int, str] | str | None:
@@ -116,8 +266,8 @@ def _read_head(path: str | os.PathLike[str]) -> tuple[int, str] | str | None:
     return seq, digest
 
 
-def _check_line(raw: bytes, lineno: int, prev: str) -> tuple[str | None, str]:
-    """(why line ``lineno`` is bad given the previous record's hash, or None; its hash).
+def check_line(raw: bytes, lineno: int, prev: str) -> tuple[str | None, str]:
+    """(why the record expected at seq ``lineno`` is bad after hash ``prev``, or None; its hash).
 
     The checks run in the order that names the real damage: bytes before JSON before schema,
     then position (seq), then the record's own hash, and only then the link to its neighbour.

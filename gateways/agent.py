@@ -18,7 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..audit.checkpoint import Checkpointer
 from ..audit.log import AuditLog, AuditWriteError
+from ..audit.syslog import SyslogSender
 from ..transfer.durable import replace_durably
 from ..transfer.spool import MessageMeta, Spool
 from ..zones.config import Address, GatewayConfig
@@ -57,6 +59,8 @@ class AgentContext:
     metrics: Any  # AgentMetrics; typed loosely to keep this module import-light
     stop: threading.Event = field(default_factory=threading.Event)
     failed: bool = False  # the audit log refused a write: nothing more may move
+    checkpointer: Checkpointer | None = None  # None when the config names no audit key
+    _checkpoint_thread: threading.Thread | None = None
 
     @classmethod
     def open(cls, config: GatewayConfig, agent: str) -> AgentContext:
@@ -65,10 +69,29 @@ class AgentContext:
         spool = Spool(config.spool)
         spool.create()
         config.audit_log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        audit = AuditLog(config.audit_log, gateway=config.name, agent=agent, zone=config.zone)
+        audit = AuditLog(
+            config.audit_log,
+            gateway=config.name,
+            agent=agent,
+            zone=config.zone,
+            rotate_bytes=config.audit.rotate_size,
+            rotate_daily=config.audit.rotate_daily,
+        )
         metrics = AgentMetrics(agent, config.name, spool)
-        metrics.watch_audit(config.audit_log)
-        return cls(config, agent, spool, audit, metrics)
+        metrics.watch_audit(config.audit_log, config.audit.storage_warning)
+        checkpointer = None
+        if config.audit_key is not None:
+            from ..transfer.keys import load_signing_private
+
+            checkpointer = Checkpointer(
+                config.audit_log,
+                load_signing_private(config.audit_key),
+                config.name,
+                agent=agent,
+                copy_path=config.audit.checkpoint_copy,
+                syslog=SyslogSender(config.audit.syslog_address) if config.audit.syslog else None,
+            )
+        return cls(config, agent, spool, audit, metrics, checkpointer=checkpointer)
 
     def record(
         self,
@@ -77,18 +100,82 @@ class AgentContext:
         *,
         outcome: str = "ok",
         reason: str | None = None,
+        who: Mapping[str, str] | None = None,
         **extra: Any,
     ) -> None:
         message = message_fields(meta) if isinstance(meta, MessageMeta) else meta
         try:
-            self.audit.append(event, message=message, outcome=outcome, reason=reason, **extra)
+            self.audit.append(
+                event, message=message, outcome=outcome, reason=reason, who=who, **extra
+            )
         except AuditWriteError as e:
             self.metrics.audit_failures.inc()
+            self.metrics.audit_write_failed.set(1)
             self.failed = True
             self.stop.set()
             log.critical("audit log cannot be written, stopping transfers: %s", e)
             raise FailClosed(str(e)) from e
         self.metrics.audit_records.inc()
+
+    def checkpoint(self) -> bool:
+        """Sign and write a checkpoint of the log now; on failure fail closed like ``record``.
+
+        A checkpoint that cannot be written leaves the log's tail unprotected, so it stops
+        transfers exactly as an unwritable record does.
+        """
+        if self.checkpointer is None:
+            return True
+        copy_failures = self.checkpointer.copy_failures
+        syslog = self.checkpointer.syslog
+        syslog_failures = syslog.failures if syslog else 0
+        try:
+            self.checkpointer.checkpoint()
+        except AuditWriteError as e:
+            self.metrics.audit_failures.inc()
+            self.metrics.audit_write_failed.set(1)
+            self.failed = True
+            self.stop.set()
+            log.critical("audit checkpoint cannot be written, stopping transfers: %s", e)
+            return False
+        try:
+            removed = self.checkpointer.prune(self.config.audit.retention)
+        except AuditWriteError as e:
+            self.metrics.audit_write_failed.set(1)
+            self.failed = True
+            self.stop.set()
+            log.critical("audit retention cannot prune, stopping transfers: %s", e)
+            return False
+        if removed:
+            self.record("expired", outcome="info", reason="audit log retention", files=removed)
+        if self.checkpointer.copy_failures > copy_failures:
+            self.metrics.audit_checkpoint_copy_failures.labels("file").inc()
+            log.error("audit checkpoint copy not written to %s", self.config.audit.checkpoint_copy)
+        if syslog and syslog.failures > syslog_failures:
+            self.metrics.audit_checkpoint_copy_failures.labels("syslog").inc()
+        return True
+
+    def start_checkpoints(self) -> threading.Thread | None:
+        """Write a checkpoint now and then every ``audit.checkpoint_interval`` until stopped."""
+        if self.checkpointer is None:
+            return None
+
+        def loop() -> None:
+            if not self.checkpoint():
+                return
+            while not self.stop.wait(self.config.audit.checkpoint_interval):
+                if not self.checkpoint():
+                    return
+
+        self._checkpoint_thread = threading.Thread(target=loop, name="checkpoints", daemon=True)
+        self._checkpoint_thread.start()
+        return self._checkpoint_thread
+
+    def final_checkpoint(self) -> None:
+        """On shutdown: wait for the interval writer, then sign the log's final state."""
+        if self._checkpoint_thread is not None:
+            self._checkpoint_thread.join(timeout=60)
+        if not self.failed:
+            self.checkpoint()
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, frame: object) -> None:

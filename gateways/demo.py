@@ -94,6 +94,7 @@ def _gateway_config(name: str, zone: str, peer: str, peer_zone: str, port: int, 
         "keys": {
             "signing": f"../keys/{name}.sign.key",
             "encryption": f"../keys/{name}.kem.key",
+            "audit": f"../keys/{name}.audit.key",
         },
         "peers": [
             {

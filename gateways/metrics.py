@@ -16,7 +16,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ..audit.log import head_path
 from ..audit.verify import verify
 from ..transfer.spool import STATES, Spool
 from ..zones.config import Address
@@ -75,7 +74,7 @@ class _DiskCollector(Collector):
 
 
 class _AuditCollector(Collector):
-    """Checkpoint age and whether the gateway's audit chain verifies, read at scrape time.
+    """Whether the gateway's audit log verifies, read at scrape time.
 
     Why here: an audit log that stops growing or stops verifying must page someone, and the
     agents are what Prometheus scrapes. The full verify is cached for `verify_every` seconds so
@@ -90,16 +89,6 @@ class _AuditCollector(Collector):
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         now = time.time()
-        try:
-            age = max(0.0, now - os.stat(head_path(self.log)).st_mtime)
-        except OSError:
-            age = None
-        if age is not None:
-            yield GaugeMetricFamily(
-                "zonegate_audit_checkpoint_age_seconds",
-                "Seconds since the audit log's head checkpoint was last written.",
-                value=age,
-            )
         if os.path.exists(self.log) and now - self._checked >= self.verify_every:
             self._ok = 1.0 if verify(self.log).ok else 0.0
             self._checked = now
@@ -153,6 +142,17 @@ class AgentMetrics:
             "Audit appends that failed (transfers stop).",
             registry=self.registry,
         )
+        self.audit_write_failed = Gauge(
+            "zonegate_audit_write_failed",
+            "1 once this agent could not write its audit log or checkpoint (it stops: alert).",
+            registry=self.registry,
+        )
+        self.audit_checkpoint_copy_failures = Counter(
+            "zonegate_audit_checkpoint_copy_failures",
+            "Checkpoints not written to the second place (copy file or syslog).",
+            ["place"],
+            registry=self.registry,
+        )
         self.link_up = Gauge(
             "zonegate_link_up", "1 when the flow's link is connected.", ["flow"],
             registry=self.registry,
@@ -203,10 +203,6 @@ class AgentMetrics:
             self.registry.register(_SpoolCollector(spool, STATES))
             self.registry.register(_DiskCollector(spool.root))
 
-    def watch_audit(self, log: Path) -> None:
-        """Export the audit log's checkpoint age and verify state (see _AuditCollector)."""
-        self.registry.register(_AuditCollector(Path(log)))
-
     def observe_stage(self, flow: str, stage: str, started: float) -> None:
         """Record a stage that began at `started` (time.monotonic())."""
         self.stage_seconds.labels(flow, stage).observe(max(0.0, time.monotonic() - started))
@@ -220,6 +216,48 @@ class AgentMetrics:
             self.end_to_end_seconds.labels(flow).observe(seconds)
         else:
             self.stage_seconds.labels(flow, stage).observe(seconds)
+
+    def watch_audit(self, log: Path, storage_warning: int) -> None:
+        """Gauges read at scrape time: checkpoint age and audit storage against its threshold.
+
+        Read from the files rather than tracked in memory, so every agent of a gateway reports
+        the same checkpoint age whichever of them wrote the last one.
+        """
+        self.registry.register(_AuditCollector(Path(log)))
+        started = time.time()
+        checkpoints = Path(f"{log}.checkpoints")
+
+        def age() -> float:
+            try:
+                return max(0.0, time.time() - checkpoints.stat().st_mtime)
+            except OSError:
+                return time.time() - started  # none yet: as old as this agent
+
+        def used() -> float:
+            total = 0
+            try:
+                for entry in os.scandir(log.parent):
+                    if entry.name.startswith(log.name) and entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                pass
+            return float(total)
+
+        Gauge(
+            "zonegate_audit_checkpoint_age_seconds",
+            "Seconds since the newest signed checkpoint of the gateway's audit log.",
+            registry=self.registry,
+        ).set_function(age)
+        Gauge(
+            "zonegate_audit_storage_bytes",
+            "Bytes used by the audit log, its rotated files and checkpoints.",
+            registry=self.registry,
+        ).set_function(used)
+        Gauge(
+            "zonegate_audit_storage_warning",
+            "1 when the audit files use more than the configured storage_warning.",
+            registry=self.registry,
+        ).set_function(lambda: 1.0 if used() >= storage_warning else 0.0)
 
     def serve(self, address: Address | None) -> int | None:
         """Start the HTTP endpoint; returns the bound port (0 in config picks a free one)."""

@@ -42,8 +42,10 @@ def run_agent(config: GatewayConfig, agent: str) -> int:
     ctx = AgentContext.open(config, agent)
     ctx.install_signal_handlers()
     ctx.serve_metrics(getattr(config.metrics, agent))
+    ctx.start_checkpoints()
     kinds = {"ingest": IngestAgent, "sender": SenderAgent, "receiver": ReceiverAgent}
     kinds[agent](ctx).run()  # type: ignore[abstract]
+    ctx.final_checkpoint()
     return 3 if ctx.failed else 0
 
 

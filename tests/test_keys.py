@@ -51,8 +51,10 @@ def all_paths(files: KeyFiles) -> list[Path]:
     ]
 
 
-def test_generate_writes_four_files_with_modes(keys: KeyFiles, tmp_path: Path) -> None:
+def test_generate_writes_six_files_with_modes(keys: KeyFiles, tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == [
+        "internet-gw.audit.key",
+        "internet-gw.audit.pub",
         "internet-gw.kem.key",
         "internet-gw.kem.pub",
         "internet-gw.sign.key",
@@ -62,6 +64,11 @@ def test_generate_writes_four_files_with_modes(keys: KeyFiles, tmp_path: Path) -
     assert mode_of(keys.encryption_private) == 0o600
     assert mode_of(keys.signing_public) == 0o644
     assert mode_of(keys.encryption_public) == 0o644
+    assert mode_of(keys.audit_private) == 0o600
+    assert mode_of(keys.audit_public) == 0o644
+    audit = load_signing_private(keys.audit_private)
+    assert audit.public_key() == load_signing_public(keys.audit_public)
+    assert audit.public_key() != load_signing_private(keys.signing_private).public_key()
     assert keys.signing_private.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
     assert keys.signing_public.read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
 

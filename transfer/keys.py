@@ -1,8 +1,11 @@
 """Gateway key files: generated 0600, refused when readable by anyone else.
 
-Each gateway holds two key pairs: Ed25519 to sign what it sends and X25519 to receive what is
-sealed for it. Files are PEM (PKCS#8 private, SubjectPublicKeyInfo public) so standard tools can
-inspect them; private files are created with O_EXCL and mode 0600 and never overwritten silently.
+Each gateway holds three key pairs: Ed25519 to sign what it sends, X25519 to receive what is
+sealed for it, and a separate Ed25519 audit key that signs only its audit checkpoints (so an
+auditor can be given the audit public key alone, and the envelope key can be rotated without
+breaking the verification of old logs). Files are PEM (PKCS#8 private, SubjectPublicKeyInfo
+public) so standard tools can inspect them; private files are created with O_EXCL and mode
+0600 and never overwritten silently.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class KeyFiles:
     signing_public: Path
     encryption_private: Path
     encryption_public: Path
+    audit_private: Path
+    audit_public: Path
 
 
 def key_file_names(directory: Path, name: str) -> KeyFiles:
@@ -50,11 +55,13 @@ def key_file_names(directory: Path, name: str) -> KeyFiles:
         signing_public=directory / f"{name}.sign.pub",
         encryption_private=directory / f"{name}.kem.key",
         encryption_public=directory / f"{name}.kem.pub",
+        audit_private=directory / f"{name}.audit.key",
+        audit_public=directory / f"{name}.audit.pub",
     )
 
 
 def generate_gateway_keys(directory: Path, name: str) -> KeyFiles:
-    """Create a gateway's two key pairs; refuses to overwrite an existing file."""
+    """Create a gateway's three key pairs; refuses to overwrite an existing file."""
     directory.mkdir(parents=True, exist_ok=True)
     files = key_file_names(directory, name)
     for path in (
@@ -62,6 +69,8 @@ def generate_gateway_keys(directory: Path, name: str) -> KeyFiles:
         files.signing_public,
         files.encryption_private,
         files.encryption_public,
+        files.audit_private,
+        files.audit_public,
     ):
         if path.exists() or path.is_symlink():
             raise KeyFileError(f"{path} already exists; remove it first to replace the key")
@@ -71,6 +80,9 @@ def generate_gateway_keys(directory: Path, name: str) -> KeyFiles:
     _write_public(files.signing_public, sign.public_key())
     _write_private(files.encryption_private, kem)
     _write_public(files.encryption_public, kem.public_key())
+    audit = Ed25519PrivateKey.generate()
+    _write_private(files.audit_private, audit)
+    _write_public(files.audit_public, audit.public_key())
     fsync_dir(directory)
     return files
 

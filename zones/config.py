@@ -42,6 +42,7 @@ __all__ = [
     "TRANSPORT_KINDS",
     "Address",
     "Approval",
+    "Audit",
     "ConfigError",
     "Flow",
     "GatewayConfig",
@@ -71,6 +72,14 @@ ROLES: tuple[str, ...] = ("administrator", "security-officer", "auditor")
 DEFAULT_REVIEW_EXPIRY = 72 * 3600.0
 #: The two-person rule is the strongest the issue asks for; more would need more officers online.
 MAX_APPROVALS = 2
+#: Audit defaults: a signed checkpoint every minute bounds what a cut tail can hide to one
+#: minute's records; retention of six months (183 days) is the floor security offices ask for.
+DEFAULT_CHECKPOINT_INTERVAL = 60.0
+DEFAULT_AUDIT_ROTATE_SIZE = 64 * 1024**2
+DEFAULT_AUDIT_RETENTION = 183 * 86400.0
+DEFAULT_AUDIT_STORAGE_WARNING = 1024**3
+#: A rotated file must hold at least a few of the largest records (64 KiB each).
+MIN_AUDIT_ROTATE_SIZE = 1024**2
 #: Size units: SI units are 1000-based, IEC units 1024-based, as their standards say.
 SIZE_UNITS: Mapping[str, int] = {
     "B": 1,
@@ -207,6 +216,22 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class Audit:
+    """Audit log settings: checkpoints, rotation, retention, alerts and the second places."""
+
+    checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL
+    rotate_size: int = DEFAULT_AUDIT_ROTATE_SIZE
+    rotate_daily: bool = True
+    retention: float = DEFAULT_AUDIT_RETENTION
+    storage_warning: int = DEFAULT_AUDIT_STORAGE_WARNING
+    #: a second checkpoint file an operator ships elsewhere (None: only the one beside the log)
+    checkpoint_copy: Path | None = None
+    syslog: bool = False
+    #: unix datagram socket path, or HOST:PORT for UDP
+    syslog_address: str = "/dev/log"
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """Everything one gateway needs to run, validated; all paths are absolute."""
 
@@ -226,6 +251,9 @@ class GatewayConfig:
     flows: tuple[Flow, ...]
     #: people and their role keys (administrator, security-officer, auditor)
     people: tuple[Person, ...] = ()
+    audit: Audit = Audit()
+    #: Ed25519 key that signs audit checkpoints (keys.audit); None: checkpoints are not signed
+    audit_key: Path | None = None
 
     def flow(self, name: str) -> Flow:
         """The flow called `name`; KeyError if this config has none."""
@@ -445,6 +473,11 @@ class _Reader:
             raise self.at_value(path, f"expected a string, got {_describe(value)}")
         return value
 
+    def boolean(self, value: object, path: YamlPath) -> bool:
+        if not isinstance(value, bool):
+            raise self.at_value(path, f"expected true or false, got {_describe(value)}")
+        return value
+
     def integer(self, value: object, path: YamlPath) -> int:
         # bool is an int in Python; `version: yes` must not read as 1.
         if isinstance(value, bool) or not isinstance(value, int):
@@ -460,11 +493,6 @@ class _Reader:
                 f"starting with a letter or digit)",
             )
         return text
-
-    def boolean(self, value: object, path: YamlPath) -> bool:
-        if not isinstance(value, bool):
-            raise self.at_value(path, f"expected true or false, got {_describe(value)}")
-        return value
 
     def choice(self, value: object, path: YamlPath, what: str, options: tuple[str, ...]) -> str:
         text = self.string(value, path)
@@ -570,7 +598,7 @@ class _Reader:
         return defaults | self.fields(raw, path, dict.fromkeys(raw, self.path))
 
     def keys(self, value: object, path: YamlPath) -> dict[str, Path]:
-        raw = self.mapping(value, path, ("signing", "encryption"))
+        raw = self.mapping(value, path, ("signing", "encryption"), ("audit",))
         return self.fields(
             raw, path, dict.fromkeys(raw, lambda v, p: self.key_file(v, p, private=True))
         )
@@ -595,6 +623,55 @@ class _Reader:
             )
         self.unique(parsed, path, "peer")
         return tuple(Peer(**peer) for peer in parsed)
+
+    def audit(self, value: object, path: YamlPath) -> Audit:
+        keys = (
+            "checkpoint_interval", "rotate_size", "rotate_daily", "retention",
+            "storage_warning", "checkpoint_copy", "syslog", "syslog_address",
+        )  # fmt: skip
+        raw = self.mapping(value, path, (), keys)
+
+        def positive_duration(v: object, p: YamlPath) -> float:
+            seconds = self.duration(v, p)
+            if seconds <= 0:
+                raise self.at_value(p, "must be longer than 0 seconds")
+            return seconds
+
+        def rotate_size(v: object, p: YamlPath) -> int:
+            size = self.size(v, p)
+            if size < MIN_AUDIT_ROTATE_SIZE:
+                raise self.at_value(
+                    p, f"rotate_size {size} is too small (at least {MIN_AUDIT_ROTATE_SIZE} bytes)"
+                )
+            return size
+
+        def syslog_address(v: object, p: YamlPath) -> str:
+            text = self.string(v, p)
+            if text.startswith("/"):
+                return text
+            try:
+                _parse_hostport(text, min_port=1)
+            except ValueError as exc:
+                raise self.at_value(
+                    p, f"expected a unix socket path (/dev/log) or HOST:PORT for UDP: {exc}"
+                ) from None
+            return text
+
+        read = self.fields(
+            raw,
+            path,
+            {
+                "checkpoint_interval": positive_duration,
+                "rotate_size": rotate_size,
+                "rotate_daily": self.boolean,
+                "retention": positive_duration,
+                "storage_warning": self.size,
+                "checkpoint_copy": self.path,
+                "syslog": self.boolean,
+                "syslog_address": syslog_address,
+            },
+        )
+        return Audit(**read)
 
     def metrics(self, value: object, path: YamlPath) -> Metrics:
         raw = self.mapping(value, path, (), ("ingest", "sender", "receiver"))
@@ -738,7 +815,7 @@ class _Reader:
 
 
 _TOP_REQUIRED = ("version", "gateway", "zones", "paths", "keys", "flows")
-_TOP_OPTIONAL = ("peers", "metrics", "people")
+_TOP_OPTIONAL = ("peers", "metrics", "people", "audit")
 
 
 def _cross_check(reader: _Reader, config: GatewayConfig) -> None:
@@ -909,6 +986,7 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
         "people": (),
         "peers": (),
         "metrics": Metrics(),
+        "audit": Audit(),
     } | reader.fields(
         raw,
         (),
@@ -922,6 +1000,7 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
             "metrics": reader.metrics,
             "flows": reader.flows,
             "people": reader.people,
+            "audit": reader.audit,
         },
     )
     gateway, paths, keys = sections["gateway"], sections["paths"], sections["keys"]
@@ -941,6 +1020,8 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
         metrics=sections["metrics"],
         flows=sections["flows"],
         people=sections["people"],
+        audit=sections["audit"],
+        audit_key=keys.get("audit"),
     )
     _cross_check(reader, config)
     return config
