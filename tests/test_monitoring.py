@@ -120,7 +120,7 @@ def _exported_names() -> set[str]:
     names: set[str] = set()
     registries = [ProbeMetrics().registry]
     metrics = AgentMetrics("ingest", "gw", Spool(Path("/nonexistent-spool")))
-    metrics.watch_audit(Path("/nonexistent-audit.jsonl"))
+    metrics.watch_audit(Path("/nonexistent-audit.jsonl"), 1024**3)
     registries.append(metrics.registry)
     for registry in registries:
         for family in registry.collect():
