@@ -188,8 +188,7 @@ class AuditLog:
                 if self._should_rotate(fd, len(line), record["time"]):
                     self._rotate(fd, line)
                 else:
-                    _write_all(fd, line)
-                    os.fsync(fd)
+                    _append_or_roll_back(fd, line)
                 self._last_written = record["seq"]
                 write_head(self.path, record["seq"], record["hash"])
             finally:
@@ -464,3 +463,23 @@ def write_head(path: str | os.PathLike[str], seq: int, digest: str) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, final)
+
+
+def _append_or_roll_back(fd: int, line: bytes) -> None:
+    """Append and fsync one line; on failure cut the file back so no partial record remains.
+
+    A full disk can accept half a line: left there, it would make every later append (and
+    verify) fail on a torn record that was never acknowledged. Cutting it off restores the log
+    exactly as it was before this append, which then raises for the caller to fail closed.
+    """
+    size = os.fstat(fd).st_size
+    try:
+        _write_all(fd, line)
+        os.fsync(fd)
+    except OSError:
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        except OSError:
+            pass  # the caller fails closed either way; verify will name what is left
+        raise

@@ -9,6 +9,7 @@ exactly one spool state: `incoming` while it is hashed and checked, then `ready`
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -91,7 +92,10 @@ class IngestAgent:
                     return taken
                 try:
                     msg_id = self.claim(flow, new, name)
+                    self.ctx.metrics.disk_full.set(0)
                 except OSError as e:
+                    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                        self.ctx.metrics.disk_full.set(1)
                     # Typically a full disk: the file stays in new/, nothing half-claimed is
                     # kept (recovery clears tmp/ingest), and ingest tries again shortly.
                     log.error("cannot claim %s from %s: %s; will retry", name, new, e)

@@ -169,6 +169,11 @@ class AgentMetrics:
             ["flow"],
             registry=self.registry,
         )
+        self.disk_full = Gauge(
+            "zonegate_disk_full",
+            "1 while the agent is waiting for disk space (writes failed with ENOSPC).",
+            registry=self.registry,
+        )
         self.up = Gauge(
             "zonegate_agent_info", "Agent identity.", ["agent", "gateway"], registry=self.registry
         )

@@ -195,12 +195,14 @@ class ReceiverAgent:
         """A message that breaks delivery goes to corrupt/; the ones behind it go on."""
         try:
             self.deliver(msg_id)
+            self.ctx.metrics.disk_full.set(0)
             return
         except FailClosed:
             raise
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 log.error("disk full while delivering %s; waiting for space: %s", msg_id, e)
+                self.ctx.metrics.disk_full.set(1)
                 self.ctx.sleep(1.0)
                 return
             reason = f"{type(e).__name__}: {e}"

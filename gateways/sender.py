@@ -395,12 +395,15 @@ class SenderAgent:
         message to corrupt/ with the error as its reason, so the messages behind it go on.
         """
         try:
-            return step(msg_id)
+            result = step(msg_id)
+            self.ctx.metrics.disk_full.set(0)
+            return result
         except FailClosed:
             raise
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 log.error("disk full while handling %s; waiting for space: %s", msg_id, e)
+                self.ctx.metrics.disk_full.set(1)
                 self.ctx.sleep(1.0)
                 return False
             reason = f"{type(e).__name__}: {e}"
