@@ -62,10 +62,11 @@ class GatewayPair:
     def config(self, agent: str) -> Path:
         return self.configs[AGENTS[agent]]
 
-    def start(self, *agents: str) -> None:
+    def start(self, *agents: str, wrapper: tuple[str, ...] = ()) -> None:
+        """Start agents; `wrapper` prefixes the command (e.g. faketime, ip netns exec)."""
         for agent in agents or tuple(AGENTS):
             log = open(self.root / f"{agent}.log", "ab")  # noqa: SIM115
-            cmd = [sys.executable, "-m", "zonegate.bin.cli", "run", "-v"]
+            cmd = [*wrapper, sys.executable, "-m", "zonegate.bin.cli", "run", "-v"]
             cmd += ["--config", str(self.config(agent)), "--agent", agent]
             self.procs[agent] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
             log.close()
