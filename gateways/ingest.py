@@ -161,9 +161,19 @@ class IngestAgent:
             self.ctx.metrics.bytes.labels(flow.name, "ingest").inc(meta.size)
             return
         meta = meta.replace(reason_code=refusal.code, reason=refusal.reason, rule=refusal.rule)
+        if refusal.terms:  # the quarantine record names what matched, for the officer
+            meta = meta.replace(extra={**meta.extra, "terms": list(refusal.terms)})
         self.ctx.record("checked", meta, outcome="refused", reason=refusal.code)
         spool.write_meta("incoming", msg_id, meta)
-        self.ctx.record("quarantined", meta, outcome="refused", reason=_reason(refusal))
+        terms = {"terms": "; ".join(refusal.terms)[:1000]} if refusal.terms else {}
+        self.ctx.record(
+            "quarantined",
+            meta,
+            outcome="refused",
+            reason=_reason(refusal),
+            rule=refusal.rule,
+            **terms,
+        )
         spool.move(msg_id, "incoming", "quarantine")
         self.ctx.metrics.messages.labels(flow.name, "ingest", "refused").inc()
         self.ctx.metrics.rejections.labels(flow.name, "ingest", refusal.code).inc()
