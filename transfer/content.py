@@ -331,7 +331,7 @@ _LEVEL = "绝密|机密|秘密"
 #: Marking forms on text with spaces and invisible characters removed: 机密★, 机密★1年,
 #: ★机密, 【机密】, [机密], (机密), 〔机密〕, 密级:机密.
 _MARKING_FORMS = re.compile(
-    rf"(?:(?:{_LEVEL})★[^\s，。,;；]{{0,6}})|(?:★(?:{_LEVEL}))"
+    rf"(?:(?:{_LEVEL})★(?:\d+年|\d+个?月|长期|启用前)?)|(?:★(?:{_LEVEL}))"
     rf"|(?:[【\[(〔〖](?:{_LEVEL})[】\])〕〗])|(?:密级[:：]?(?:{_LEVEL}))"
 )
 #: A line that is a marking and nothing else, as at the top of a document.
@@ -471,7 +471,7 @@ def _member_text(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: list[int]) 
 
 # -- PDF ----------------------------------------------------------------------------------------
 
-_STREAM = re.compile(rb"stream\r?\n")
+_STREAM = re.compile(rb"(?<!end)stream\r?\n")
 _DICT_BEFORE = 4096
 _PDF_STRING = re.compile(rb"\((?:\\.|[^\\()])*\)|<([0-9A-Fa-f\s]*)>(?!>)", re.DOTALL)
 _SHOW_OPS = re.compile(rb"T[jJ*]|'|\"|ET")
@@ -517,7 +517,7 @@ def _pdf_text(path: str, limit: int) -> Iterator[str]:
         if used > limit:
             raise TextBudgetExceeded(f"more than {limit} bytes of PDF streams to read")
         streams.append(out)
-        pos = end
+        pos = end + len(b"endstream")
     raw_parts.append(data[pos:])
     cmap = _to_unicode(streams)
     for part in (*raw_parts, *streams):
