@@ -18,7 +18,12 @@ from zonegate.gateways.agent import AgentContext
 from zonegate.gateways.demo import write_gateway_pair
 from zonegate.transfer.spool import Spool
 
-AGENTS = {"ingest": "internet-gw", "sender": "internet-gw", "receiver": "internal-gw"}
+AGENTS = {
+    "ingest": "internet-gw",
+    "sender": "internet-gw",
+    "receiver": "internal-gw",
+    "sftp": "internet-gw",  # started only by tests that add an sftp section
+}
 
 
 def zg(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess[str]:
@@ -57,7 +62,7 @@ class GatewayPair:
         return self.configs[AGENTS[agent]]
 
     def start(self, *agents: str) -> None:
-        for agent in agents or tuple(AGENTS):
+        for agent in agents or ("ingest", "sender", "receiver"):
             log = open(self.root / f"{agent}.log", "ab")  # noqa: SIM115
             cmd = [sys.executable, "-m", "zonegate.bin.cli", "run", "-v"]
             cmd += ["--config", str(self.config(agent)), "--agent", agent]
