@@ -12,10 +12,18 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import cmd_audit, cmd_config, cmd_demo, cmd_gateway, cmd_keys
+from . import cmd_audit, cmd_config, cmd_demo, cmd_gateway, cmd_keys, cmd_policy, cmd_quarantine
 from .common import EXIT_FAIL, CliError
 
-COMMAND_MODULES = (cmd_demo, cmd_gateway, cmd_audit, cmd_keys, cmd_config)
+COMMAND_MODULES = (
+    cmd_demo,
+    cmd_gateway,
+    cmd_audit,
+    cmd_keys,
+    cmd_config,
+    cmd_policy,
+    cmd_quarantine,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

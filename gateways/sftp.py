@@ -170,7 +170,7 @@ class SftpAgent:
             self.cfg.listen.port,
             server_host_keys=[host_key],
             server_factory=lambda: _Server(self),
-            version=BANNER_VERSION,
+            server_version=BANNER_VERSION,
             login_timeout=self.cfg.login_timeout,
             allow_pty=False,
             x11_forwarding=False,
