@@ -50,7 +50,7 @@ def client_key(path: Path) -> str:
 
 class SftpPair(GatewayPair):
     def __init__(self, root: Path, policy: dict | None = None) -> None:
-        super().__init__(root)
+        super().__init__(root, limit=2 * 1024**3)
         self.port = free_port()
         keys = root / "keys"
         host_private, host_public = generate_ssh_host_key(keys, "internet-gw")
