@@ -72,27 +72,27 @@ def test_a_full_policy_loads(tmp_path: Path) -> None:
             "max_expanded_size: 1 MB!",
             "archive.max_expanded_size",
             "cannot read",
-        ),  # fmt: skip
+        ),
         ("markings: true", "markings: yes please", "text.markings", "expected true or false"),
         (
             "keywords: [内部资料, confidential]",
             "keywords: [内部资料, '']",
             "text.keywords[1]",
             "non-empty keyword",
-        ),  # fmt: skip
+        ),
         (
             "keywords: [内部资料, confidential]",
             "keywords: 内部资料",
             "text.keywords",
             "expected a list",
-        ),  # fmt: skip
+        ),
         ('command: [/bin/true, "{path}"]', "command: []", "scanner.command", "argv"),
         (
             'command: [/bin/true, "{path}"]',
             "command: [/bin/true]",
             "scanner.command",
             "'{path}'",
-        ),  # fmt: skip
+        ),
         ("input: path", "input: pipe", "scanner.input", "unknown scanner input"),
         ("timeout: 5s", "timeout: 0", "scanner.timeout", "above 0"),
         ("timeout: 5s", "timeout: soon", "scanner.timeout", "duration"),
@@ -145,41 +145,41 @@ def test_the_sftp_section_loads(tmp_path: Path) -> None:
             "host_key: keys/missing",
             "sftp.host_key",
             "does not exist",
-        ),  # fmt: skip
+        ),
         ("login_timeout: 20s", "login_timeout: 0", "sftp.login_timeout", "above 0"),
         (
             f'["{ED25519}"]',
             '["ssh-ed25519 notbase64!"]',
             "sftp.accounts[0].authorized_keys[0]",
             "OpenSSH public key",
-        ),  # fmt: skip
+        ),
         (
             f'["{ED25519}"]',
             '["ssh-dss AAAAB3NzaC1kc3M="]',
             "sftp.accounts[0].authorized_keys[0]",
             "OpenSSH public key",
-        ),  # fmt: skip
+        ),
         (f'["{ED25519}"]', "[]", "sftp.accounts[0].authorized_keys", "at least one"),
         (
             "flows: [import]",
             "flows: [publish]",
             "sftp.accounts[0].flows[0]",
             "not sent by this gateway",
-        ),  # fmt: skip
+        ),
         ("max_in_flight: 2", "max_in_flight: 0", "sftp.accounts[0].max_in_flight", "range"),
         (
             "bytes_per_day: 10 GiB",
             "bytes_per_day: lots",
             "sftp.accounts[0].bytes_per_day",
             "cannot read",
-        ),  # fmt: skip
+        ),
         ("    - name: oa", "    - name: OA", "sftp.accounts[0].name", "invalid name"),
         (
             "      max_file_size: 1 GiB",
             "      max_size: 1 GiB",
             "sftp.accounts[0].max_size",
             "unknown key",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_each_sftp_error_names_file_line_and_key(
