@@ -73,6 +73,13 @@ EVENTS: frozenset[str] = frozenset(
         "audit-verified",
         "link-up",
         "link-down",
+        # the SFTP drop server and quarantine tools (issue 3)
+        "login",
+        "login-refused",
+        "request-refused",
+        "upload-aborted",
+        "released",
+        "purged",
     }
 )
 

@@ -18,7 +18,9 @@ from . import (
     cmd_demo,
     cmd_gateway,
     cmd_keys,
+    cmd_policy,
     cmd_probe,
+    cmd_quarantine,
     cmd_review,
     cmd_topology,
     cmd_verify,
@@ -35,6 +37,8 @@ COMMAND_MODULES = (
     cmd_config,
     cmd_topology,
     cmd_probe,
+    cmd_policy,
+    cmd_quarantine,
 )
 
 

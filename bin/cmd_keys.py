@@ -22,6 +22,14 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
     except KeyFileError as e:
         raise CliError(str(e), EXIT_FAIL) from None
     data = {k: str(v) for k, v in vars(files).items()}
+    if args.ssh_host_key:
+        from ..transfer.keys import generate_ssh_host_key
+
+        try:
+            host_private, host_public = generate_ssh_host_key(Path(args.dir), args.name)
+        except KeyFileError as e:
+            raise CliError(str(e), EXIT_FAIL) from None
+        data |= {"ssh_host_private": str(host_private), "ssh_host_public": str(host_public)}
     emit(args, data, "\n".join(f"{k}: {v}" for k, v in data.items()))
     return EXIT_OK
 
@@ -42,5 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a person's Ed25519 role key (NAME.person.key 0600, NAME.person.pub), e.g. li-wei",
     )
     kg.add_argument("--dir", required=True, metavar="DIR", help="where to write the key files")
+    kg.add_argument(
+        "--ssh-host-key",
+        action="store_true",
+        help="also write NAME.ssh_host_ed25519_key (0600) for the SFTP drop server",
+    )
     kg.add_argument("--json", action="store_true")
     kg.set_defaults(func=cmd_keys_generate)

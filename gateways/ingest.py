@@ -129,7 +129,10 @@ class IngestAgent:
             meta.original_name.encode("utf-8")
         except UnicodeEncodeError:
             # Keep the raw bytes readable in metadata; the name check will refuse it.
-            safe_meta = meta.replace(original_name=os.fsencode(name).decode("utf-8", "replace"))
+            safe_meta = meta.replace(
+                original_name=os.fsencode(name).decode("utf-8", "replace"),
+                extra={"name_not_utf8": True},
+            )
         write_durably(scratch / META, safe_meta.to_json())
         self.ctx.record("claimed", safe_meta)
         try:
@@ -141,7 +144,7 @@ class IngestAgent:
         fsync_dir(new)
         if not stat.S_ISREG(st.st_mode):
             # A link or device planted in the outbox: keep it (never follow it) and refuse.
-            safe_meta = safe_meta.replace(extra={"not_regular": True})
+            safe_meta = safe_meta.replace(extra={**safe_meta.extra, "not_regular": True})
             (scratch / META).unlink()
             write_durably(scratch / META, safe_meta.to_json())
         durable_rename(scratch, self.ctx.spool.entry("incoming", msg_id))
@@ -160,7 +163,11 @@ class IngestAgent:
             else:
                 size, digest = _hash_file(data)
                 meta = meta.replace(size=size, sha256=digest)
-                refusal = check(Candidate(meta.original_name, size, str(data)), flow.policy)
+                if meta.extra.get("name_not_utf8"):
+                    # meta.json holds a readable copy of the name, which would pass the check
+                    refusal = Refusal("bad-name", "name", "the file name is not valid UTF-8")
+                else:
+                    refusal = check(Candidate(meta.original_name, size, str(data)), flow.policy)
         except (SpoolError, OSError, KeyError) as e:
             # Damaged on disk, or a flow no longer configured: set it aside, keep going.
             reason = f"cannot check the claimed file: {e}"
@@ -182,9 +189,19 @@ class IngestAgent:
             self.ctx.metrics.observe_since(flow.name, "ingest", meta.created)
             return
         meta = meta.replace(reason_code=refusal.code, reason=refusal.reason, rule=refusal.rule)
+        if refusal.terms:  # the quarantine record names what matched, for the officer
+            meta = meta.replace(extra={**meta.extra, "terms": list(refusal.terms)})
         self.ctx.record("checked", meta, outcome="refused", reason=refusal.code)
         spool.write_meta("incoming", msg_id, meta)
-        self.ctx.record("quarantined", meta, outcome="refused", reason=_reason(refusal))
+        terms = {"terms": "; ".join(refusal.terms)[:1000]} if refusal.terms else {}
+        self.ctx.record(
+            "quarantined",
+            meta,
+            outcome="refused",
+            reason=_reason(refusal),
+            rule=refusal.rule,
+            **terms,
+        )
         spool.move(msg_id, "incoming", "quarantine")
         self.ctx.metrics.messages.labels(flow.name, "ingest", "refused").inc()
         self.ctx.metrics.rejections.labels(flow.name, "ingest", refusal.code).inc()

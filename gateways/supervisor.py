@@ -27,6 +27,8 @@ def agents_for(config: GatewayConfig) -> list[str]:
     agents: list[str] = []
     if config.outgoing_flows():
         agents += ["ingest", "sender"]
+        if config.sftp is not None:
+            agents.append("sftp")
     if config.incoming_flows():
         agents.append("receiver")
     return agents
@@ -38,12 +40,18 @@ def run_agent(config: GatewayConfig, agent: str) -> int:
     from .ingest import IngestAgent
     from .receiver import ReceiverAgent
     from .sender import SenderAgent
+    from .sftp import SftpAgent
 
     ctx = AgentContext.open(config, agent)
     ctx.install_signal_handlers()
     ctx.serve_metrics(getattr(config.metrics, agent))
     ctx.start_checkpoints()
-    kinds = {"ingest": IngestAgent, "sender": SenderAgent, "receiver": ReceiverAgent}
+    kinds = {
+        "ingest": IngestAgent,
+        "sender": SenderAgent,
+        "receiver": ReceiverAgent,
+        "sftp": SftpAgent,
+    }
     kinds[agent](ctx).run()  # type: ignore[abstract]
     ctx.final_checkpoint()
     return 3 if ctx.failed else 0

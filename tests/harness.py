@@ -24,7 +24,12 @@ from zonegate.transfer.ids import new_message_id
 from zonegate.transfer.keys import load_encryption_public, load_signing_private
 from zonegate.transfer.spool import Spool
 
-AGENTS = {"ingest": "internet-gw", "sender": "internet-gw", "receiver": "internal-gw"}
+AGENTS = {
+    "ingest": "internet-gw",
+    "sender": "internet-gw",
+    "receiver": "internal-gw",
+    "sftp": "internet-gw",  # started only by tests that add an sftp section
+}
 
 
 def zg(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess[str]:
@@ -64,7 +69,7 @@ class GatewayPair:
 
     def start(self, *agents: str, wrapper: tuple[str, ...] = ()) -> None:
         """Start agents; `wrapper` prefixes the command (e.g. faketime, ip netns exec)."""
-        for agent in agents or tuple(AGENTS):
+        for agent in agents or ("ingest", "sender", "receiver"):
             log = open(self.root / f"{agent}.log", "ab")  # noqa: SIM115
             cmd = [*wrapper, sys.executable, "-m", "zonegate.bin.cli", "run", "-v"]
             cmd += ["--config", str(self.config(agent)), "--agent", agent]

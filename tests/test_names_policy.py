@@ -151,7 +151,7 @@ def test_name_problem_refuses(name: str, words: str) -> None:
 
 
 def cand(size: int, name: str = "report.pdf") -> Candidate:
-    return Candidate(original_name=name, size=size, path="/nonexistent")
+    return Candidate(original_name=name, size=size, path=__file__)
 
 
 POLICY = Policy(min_size=10, max_size=1000)
@@ -182,8 +182,9 @@ def test_policy_bad_name_comes_first() -> None:
     assert (r.code, r.rule) == ("bad-name", "name")
 
 
-def test_policy_default_checks_are_name_then_size() -> None:
-    assert len(CHECKS) == 2
+def test_policy_default_checks_are_name_then_size_then_content() -> None:
+    names = [c.__name__.strip("_") for c in CHECKS]
+    assert names == ["name", "size", "type", "archive", "text", "scanner"]
 
 
 def _explodes(c: Candidate, p: Policy) -> Refusal | None:

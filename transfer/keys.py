@@ -28,6 +28,7 @@ __all__ = [
     "PersonKeyFiles",
     "generate_gateway_keys",
     "generate_person_key",
+    "generate_ssh_host_key",
     "load_encryption_private",
     "load_encryption_public",
     "load_signing_private",
@@ -117,6 +118,36 @@ def generate_person_key(directory: Path, name: str) -> PersonKeyFiles:
     _write_public(files.public, key.public_key())
     fsync_dir(directory)
     return files
+
+
+def generate_ssh_host_key(directory: Path, name: str) -> tuple[Path, Path]:
+    """The SFTP drop server's Ed25519 host key, in OpenSSH format (private 0600, never replaced).
+
+    A separate key from the signing key on purpose: the host key is presented to anyone who
+    connects from the internet side, the signing key only ever signs envelopes.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    private = directory / f"{name}.ssh_host_ed25519_key"
+    public = directory / f"{name}.ssh_host_ed25519_key.pub"
+    for path in (private, public):
+        if path.exists() or path.is_symlink():
+            raise KeyFileError(f"{path} already exists; remove it first to replace the key")
+    key = Ed25519PrivateKey.generate()
+    write_durably(
+        private,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        ),
+        mode=0o600,
+    )
+    line = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    write_durably(public, line + f" {name}\n".encode(), mode=0o644)
+    fsync_dir(directory)
+    return private, public
 
 
 def _write_private(path: Path, key: Ed25519PrivateKey | X25519PrivateKey) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-__all__ = ["MAX_NAME_BYTES", "name_problem", "safe_name"]
+__all__ = ["MAX_NAME_BYTES", "name_problem", "name_rule_problem", "safe_name"]
 
 MAX_NAME_BYTES = 255
 _RESERVED = {
@@ -36,6 +36,33 @@ def name_problem(name: str) -> str | None:
         return f"the file name is {len(encoded)} bytes long; the limit is {MAX_NAME_BYTES}"
     if _UNSAFE.search(name):
         return "the file name holds a control, bidirectional-override or path-separator character"
+    return None
+
+
+def name_rule_problem(name: str, max_bytes: int = MAX_NAME_BYTES) -> tuple[str, str] | None:
+    """The flow policy's stricter name rules: (rule, why) for a refused name, else None.
+
+    Why refuse rather than repair at ingest: the sender learns its name is wrong (and can fix
+    its system) instead of finding a file delivered under a name it never chose.
+    """
+    if unicodedata.normalize("NFC", name) != name:
+        return "nfc", "the file name is not in Unicode normal form NFC"
+    for ch in name:
+        category = unicodedata.category(ch)
+        if category in ("Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp") or (
+            category == "Zs" and ch != " "
+        ):
+            return "characters", f"the file name holds the character U+{ord(ch):04X} ({category})"
+    if ".." in name:
+        return "dotdot", "the file name contains '..'"
+    stem = name.split(".", 1)[0].rstrip(" ").lower()
+    if stem in _RESERVED:
+        return "reserved", f"{stem.upper()} is a reserved device name"
+    if name != name.strip(" ") or name.endswith("."):
+        return "characters", "the file name starts or ends with a space, or ends with a dot"
+    size = len(name.encode("utf-8"))
+    if size > max_bytes:
+        return "max_bytes", f"the file name is {size} bytes long; this flow allows {max_bytes}"
     return None
 
 

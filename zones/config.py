@@ -18,6 +18,8 @@ Pure: reads the config and stats the key files; no sockets, no threads, nothing 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 import stat
@@ -33,6 +35,7 @@ import yaml
 from .yamlpos import Positions, YamlPath, compose_positions
 
 __all__ = [
+    "CONTENT_TYPES",
     "DEFAULT_MAX_SIZE",
     "DEFAULT_RESEND_WINDOW",
     "LEVELS",
@@ -42,6 +45,7 @@ __all__ = [
     "TRANSPORT_KINDS",
     "Address",
     "Approval",
+    "ArchiveRules",
     "Audit",
     "ConfigError",
     "Flow",
@@ -50,6 +54,10 @@ __all__ = [
     "Peer",
     "Person",
     "Policy",
+    "Scanner",
+    "SftpAccount",
+    "SftpServer",
+    "TextRules",
     "Transport",
     "Zone",
     "load_gateway_config",
@@ -80,6 +88,12 @@ DEFAULT_AUDIT_RETENTION = 183 * 86400.0
 DEFAULT_AUDIT_STORAGE_WARNING = 1024**3
 #: A rotated file must hold at least a few of the largest records (64 KiB each).
 MIN_AUDIT_ROTATE_SIZE = 1024**2
+#: File types a flow's `policy.types` may allow, as recognised from the content's magic bytes.
+CONTENT_TYPES: tuple[str, ...] = (
+    "pdf", "ooxml", "odf", "png", "jpeg", "xml", "json", "csv", "text", "zip",
+)  # fmt: skip
+#: The longest name a file system takes in one component; `policy.names.max_bytes` caps at it.
+MAX_NAME_BYTES = 255
 #: Size units: SI units are 1000-based, IEC units 1024-based, as their standards say.
 SIZE_UNITS: Mapping[str, int] = {
     "B": 1,
@@ -152,11 +166,53 @@ class Transport:
 
 
 @dataclass(frozen=True)
+class ArchiveRules:
+    """Limits on ZIP containers (plain ZIP, OOXML, ODF), read from headers, never extracted.
+
+    Why these defaults: a chart in a Word file embeds a workbook (depth 2 is normal), XML
+    compresses 10-50x (a ratio over 100 on a large entry is a bomb, not a document).
+    """
+
+    max_entries: int = 10_000
+    max_expanded_size: int = 1024**3
+    max_ratio: int = 100
+    max_depth: int = 2
+
+
+@dataclass(frozen=True)
+class TextRules:
+    """Classification markings and keywords looked for in text and in documents' text."""
+
+    markings: bool = False
+    keywords: tuple[str, ...] = ()
+    #: text extracted from one PDF/OOXML/ODF; a document with more is refused, not half-read
+    max_extracted: int = 64 * 1024**2
+
+
+@dataclass(frozen=True)
+class Scanner:
+    """An external scanner (e.g. a site's antivirus): argv without a shell; exit 0 passes."""
+
+    command: tuple[str, ...]
+    input: str = "stdin"  # "stdin": the file's bytes on stdin; "path": "{path}" in command
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True)
 class Policy:
-    """The flow's content policy as far as the config loader knows it: size bounds in bytes."""
+    """The flow's content policy: what the linear check pipeline of transfer/policy.py reads.
+
+    `types` None means any content type (the pipeline still applies name, size and archive
+    rules); a site that wants an allow-list names the types it accepts.
+    """
 
     min_size: int = 0
     max_size: int = DEFAULT_MAX_SIZE
+    types: tuple[str, ...] | None = None
+    max_name_bytes: int = MAX_NAME_BYTES
+    archive: ArchiveRules = ArchiveRules()
+    text: TextRules = TextRules()
+    scanner: Scanner | None = None
 
 
 @dataclass(frozen=True)
@@ -213,6 +269,30 @@ class Metrics:
     ingest: Address | None = None
     sender: Address | None = None
     receiver: Address | None = None
+    sftp: Address | None = None
+
+
+@dataclass(frozen=True)
+class SftpAccount:
+    """One sending system's SFTP account: its keys, the flows it may drop into, its limits."""
+
+    name: str
+    authorized_keys: tuple[str, ...]
+    flows: tuple[str, ...]
+    max_file_size: int = DEFAULT_MAX_SIZE
+    max_in_flight: int = 4
+    bytes_per_day: int = 10 * 1024**3
+
+
+@dataclass(frozen=True)
+class SftpServer:
+    """The SFTP drop server of a gateway (the `sftp` agent): where it listens, its host key."""
+
+    listen: Address
+    host_key: Path
+    accounts: tuple[SftpAccount, ...]
+    login_timeout: float = 30.0
+    max_connections: int = 64
 
 
 @dataclass(frozen=True)
@@ -254,6 +334,7 @@ class GatewayConfig:
     audit: Audit = Audit()
     #: Ed25519 key that signs audit checkpoints (keys.audit); None: checkpoints are not signed
     audit_key: Path | None = None
+    sftp: SftpServer | None = None
 
     def flow(self, name: str) -> Flow:
         """The flow called `name`; KeyError if this config has none."""
@@ -277,6 +358,19 @@ class GatewayConfig:
         """Flows this gateway receives on (its receiver agent serves these)."""
         return tuple(flow for flow in self.flows if flow.receiver == self.name)
 
+
+#: Public key types an SFTP account may authenticate with (no DSA, no certificates).
+SSH_KEY_TYPES: tuple[str, ...] = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "ssh-rsa",
+)
+_SSH_KEY_RE = re.compile(
+    r"(?P<type>" + "|".join(map(re.escape, SSH_KEY_TYPES)) + r") (?P<blob>[A-Za-z0-9+/]+={0,2})"
+    r"(?: [^\r\n]*)?"
+)
 
 _DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -674,7 +768,7 @@ class _Reader:
         return Audit(**read)
 
     def metrics(self, value: object, path: YamlPath) -> Metrics:
-        raw = self.mapping(value, path, (), ("ingest", "sender", "receiver"))
+        raw = self.mapping(value, path, (), ("ingest", "sender", "receiver", "sftp"))
         return Metrics(**self.fields(raw, path, dict.fromkeys(raw, self.address)))
 
     def transport(self, value: object, path: YamlPath) -> Transport:
@@ -694,9 +788,111 @@ class _Reader:
             raise self.at_value((*path, "endpoint"), str(exc)) from None
         return Transport(**read)
 
+    def bounded(self, value: object, path: YamlPath, low: int, high: int | None = None) -> int:
+        number = self.integer(value, path)
+        if number < low or (high is not None and number > high):
+            upper = "" if high is None else f"..{high}"
+            raise self.at_value(path, f"{number} is out of range (expected {low}{upper})")
+        return number
+
+    def strings(self, value: object, path: YamlPath, what: str) -> tuple[str, ...]:
+        """A list of non-empty strings (keywords, argv, flow names...)."""
+        items = self.sequence(value, path)
+        for index, item in enumerate(items):
+            if not self.string(item, (*path, index)) or "\0" in item:
+                raise self.at_value((*path, index), f"expected a non-empty {what}")
+        return tuple(items)
+
+    def content_types(self, value: object, path: YamlPath) -> tuple[str, ...]:
+        items = self.sequence(value, path)
+        if not items:
+            raise self.at_value(path, "expected at least one type (omit `types` to allow any)")
+        for index, item in enumerate(items):
+            self.choice(item, (*path, index), "content type", CONTENT_TYPES)
+        return tuple(items)
+
+    def names_rules(self, value: object, path: YamlPath) -> int:
+        raw = self.mapping(value, path, (), ("max_bytes",))
+        if "max_bytes" not in raw:
+            return MAX_NAME_BYTES
+        return self.bounded(raw["max_bytes"], (*path, "max_bytes"), 1, MAX_NAME_BYTES)
+
+    def archive_rules(self, value: object, path: YamlPath) -> ArchiveRules:
+        raw = self.mapping(
+            value, path, (), ("max_entries", "max_expanded_size", "max_ratio", "max_depth")
+        )
+        return ArchiveRules(
+            **self.fields(
+                raw,
+                path,
+                {
+                    "max_entries": lambda v, p: self.bounded(v, p, 1),
+                    "max_expanded_size": self.size,
+                    "max_ratio": lambda v, p: self.bounded(v, p, 1),
+                    "max_depth": lambda v, p: self.bounded(v, p, 1, 16),
+                },
+            )
+        )
+
+    def text_rules(self, value: object, path: YamlPath) -> TextRules:
+        raw = self.mapping(value, path, (), ("markings", "keywords", "max_extracted"))
+        return TextRules(
+            **self.fields(
+                raw,
+                path,
+                {
+                    "markings": self.boolean,
+                    "keywords": lambda v, p: self.strings(v, p, "keyword"),
+                    "max_extracted": self.size,
+                },
+            )
+        )
+
+    def scanner(self, value: object, path: YamlPath) -> Scanner:
+        raw = self.mapping(value, path, ("command",), ("input", "timeout"))
+        read = self.fields(
+            raw,
+            path,
+            {
+                "command": lambda v, p: self.strings(v, p, "argument"),
+                "input": lambda v, p: self.choice(v, p, "scanner input", ("stdin", "path")),
+                "timeout": self.duration,
+            },
+        )
+        if not read["command"]:
+            raise self.at_value((*path, "command"), "expected the scanner's argv, got []")
+        if read.get("timeout", 1.0) <= 0:
+            raise self.at_value((*path, "timeout"), "a scanner needs a time limit above 0")
+        has_placeholder = any("{path}" in arg for arg in read["command"])
+        if read.get("input") == "path" and not has_placeholder:
+            raise self.at_value(
+                (*path, "command"), "input: path needs a '{path}' argument in the command"
+            )
+        return Scanner(**read)
+
     def policy(self, value: object, path: YamlPath) -> Policy:
-        raw = self.mapping(value, path, (), ("min_size", "max_size"))
-        policy = Policy(**self.fields(raw, path, dict.fromkeys(raw, self.size)))
+        raw = self.mapping(
+            value,
+            path,
+            (),
+            ("min_size", "max_size", "types", "names", "archive", "text", "scanner"),
+        )
+        read = self.fields(
+            raw,
+            path,
+            {
+                "min_size": self.size,
+                "max_size": self.size,
+                "types": self.content_types,
+                "names": self.names_rules,
+                "archive": self.archive_rules,
+                "text": self.text_rules,
+                "scanner": self.scanner,
+            },
+        )
+        if "names" in read:
+            read["max_name_bytes"] = read.pop("names")
+        policy = Policy(**read)
         if policy.max_size < policy.min_size:
             culprit = "max_size" if "max_size" in raw else "min_size"
             raise self.at_value(
@@ -764,6 +960,91 @@ class _Reader:
         )
         return Approval(**read)
 
+    def ssh_public_key(self, value: object, path: YamlPath) -> str:
+        """An OpenSSH public key line (`TYPE BASE64 [comment]`), checked for shape only."""
+        text = self.string(value, path)
+        match = _SSH_KEY_RE.fullmatch(text.strip())
+        blob = b""
+        if match:
+            try:
+                blob = base64.b64decode(match["blob"], validate=True)
+            except (binascii.Error, ValueError):
+                blob = b""
+        name = match["type"].encode() if match else b""
+        if not match or blob[4 : 4 + len(name)] != name or blob[:4] != len(name).to_bytes(4):
+            raise self.at_value(
+                path,
+                "expected an OpenSSH public key line such as 'ssh-ed25519 AAAAC3Nza... "
+                f"comment' (types: {', '.join(SSH_KEY_TYPES)})",
+            )
+        return f"{match['type']} {match['blob']}"
+
+    def sftp_account(self, value: object, path: YamlPath) -> SftpAccount:
+        raw = self.mapping(
+            value,
+            path,
+            ("name", "authorized_keys", "flows"),
+            ("max_file_size", "max_in_flight", "bytes_per_day"),
+        )
+
+        def keys(v: object, p: YamlPath) -> tuple[str, ...]:
+            items = self.sequence(v, p)
+            if not items:
+                raise self.at_value(p, "expected at least one public key")
+            return tuple(self.ssh_public_key(item, (*p, i)) for i, item in enumerate(items))
+
+        def flows(v: object, p: YamlPath) -> tuple[str, ...]:
+            items = self.sequence(v, p)
+            if not items:
+                raise self.at_value(p, "expected at least one flow this account may drop into")
+            return tuple(self.name(item, (*p, i)) for i, item in enumerate(items))
+
+        return SftpAccount(
+            **self.fields(
+                raw,
+                path,
+                {
+                    "name": self.name,
+                    "authorized_keys": keys,
+                    "flows": flows,
+                    "max_file_size": self.size,
+                    "max_in_flight": lambda v, p: self.bounded(v, p, 1, 1024),
+                    "bytes_per_day": self.size,
+                },
+            )
+        )
+
+    def sftp(self, value: object, path: YamlPath) -> SftpServer:
+        raw = self.mapping(
+            value,
+            path,
+            ("listen", "host_key", "accounts"),
+            ("login_timeout", "max_connections"),
+        )
+
+        def accounts(v: object, p: YamlPath) -> tuple[SftpAccount, ...]:
+            items = self.sequence(v, p)
+            if not items:
+                raise self.at_value(p, "expected at least one account")
+            parsed = [self.sftp_account(item, (*p, i)) for i, item in enumerate(items)]
+            self.unique([{"name": a.name} for a in parsed], p, "account")
+            return tuple(parsed)
+
+        read = self.fields(
+            raw,
+            path,
+            {
+                "listen": self.address,
+                "host_key": lambda v, p: self.key_file(v, p, private=True),
+                "accounts": accounts,
+                "login_timeout": self.duration,
+                "max_connections": lambda v, p: self.bounded(v, p, 1, 10_000),
+            },
+        )
+        if read.get("login_timeout", 1.0) <= 0:
+            raise self.at_value((*path, "login_timeout"), "a login timeout must be above 0")
+        return SftpServer(**read)
+
     def flows(self, value: object, path: YamlPath) -> tuple[Flow, ...]:
         parsed = []
         readers = {
@@ -815,7 +1096,7 @@ class _Reader:
 
 
 _TOP_REQUIRED = ("version", "gateway", "zones", "paths", "keys", "flows")
-_TOP_OPTIONAL = ("peers", "metrics", "people", "audit")
+_TOP_OPTIONAL = ("peers", "metrics", "people", "audit", "sftp")
 
 
 def _cross_check(reader: _Reader, config: GatewayConfig) -> None:
@@ -894,6 +1175,18 @@ def _cross_check(reader: _Reader, config: GatewayConfig) -> None:
                 )
             )
     _check_approvals(reader, config, errors)
+    if config.sftp is not None:
+        outgoing = [flow.name for flow in config.outgoing_flows()]
+        for index, account in enumerate(config.sftp.accounts):
+            for position, flow_name in enumerate(account.flows):
+                if flow_name not in outgoing:
+                    errors.append(
+                        reader.at_value(
+                            ("sftp", "accounts", index, "flows", position),
+                            f"flow {flow_name!r} is not sent by this gateway (accounts may "
+                            f"drop into: {', '.join(outgoing) or 'none'})",
+                        )
+                    )
     if errors:
         # min() keeps the first of equal lines, i.e. the logical order within a line.
         raise min(errors, key=lambda e: e.line if e.line is not None else float("inf"))
@@ -1001,6 +1294,7 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
             "flows": reader.flows,
             "people": reader.people,
             "audit": reader.audit,
+            "sftp": reader.sftp,
         },
     )
     gateway, paths, keys = sections["gateway"], sections["paths"], sections["keys"]
@@ -1022,6 +1316,7 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
         people=sections["people"],
         audit=sections["audit"],
         audit_key=keys.get("audit"),
+        sftp=sections.get("sftp"),
     )
     _cross_check(reader, config)
     return config
