@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,18 @@ def _sha256_file(path: Path) -> str:
         while n := f.readinto(buf):
             digest.update(view[:n])
     return digest.hexdigest()
+
+
+def _peak_rss_kib() -> int:
+    """This process's own high-water mark (VmHWM).
+
+    Not getrusage's ru_maxrss: Linux carries that across fork and exec, so a probe started
+    from a large parent (pytest) would report the parent's peak instead of its own.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def main() -> None:
@@ -88,7 +99,7 @@ def main() -> None:
         "open_seconds": round(t2 - t1, 3),
         "seal_mb_per_s": round(mb / (t1 - t0), 1),
         "open_mb_per_s": round(mb / (t2 - t1), 1),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mib": round(_peak_rss_kib() / 1024, 1),
     }
     for path in (plain, sealed, opened):
         path.unlink()
