@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from harness import GatewayPair, make_file, wait_for
 
+from zonegate.audit.log import segments
 from zonegate.audit.verify import verify
 from zonegate.gateways.submit import submit_files
 
@@ -46,6 +48,11 @@ def test_random_kill_9_storm_loses_and_duplicates_nothing(
     print(f"\ncrash suite: ZONEGATE_CRASH_SEED={seed} ZONEGATE_CRASH_KILLS={kills}")
     rng = random.Random(seed)
     expected = _sources(tmp_path / "src", rng)
+    for cfg_path in pair.configs.values():
+        # Small audit files, so kills also land while a log rotates and checkpoints are signed.
+        cfg = yaml.safe_load(cfg_path.read_text())
+        cfg["audit"] = {**cfg.get("audit", {}), "rotate_size": "1 MiB", "checkpoint_interval": "2s"}
+        cfg_path.write_text(yaml.safe_dump(cfg))
     pair.start()
     submitter = threading.Thread(
         target=submit_files, args=(pair.outbox, "import", [tmp_path / "src"], 600)
@@ -75,5 +82,6 @@ def test_random_kill_9_storm_loses_and_duplicates_nothing(
     for gateway in ("internet-gw", "internal-gw"):
         result = verify(pair.audit_log(gateway))
         assert result.ok, f"seed {seed}: {gateway} audit log: {result.problem}"
+        assert segments(pair.audit_log(gateway)), f"{gateway}: the log never rotated in the storm"
     assert all(pair.alive(a) for a in killed), pair.logs()
     print(f"crash suite: kills per agent {killed}")

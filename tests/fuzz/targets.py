@@ -23,6 +23,7 @@ from zonegate.audit.record import GENESIS_HASH
 from zonegate.transfer import envelope as env
 from zonegate.transfer.linkframe import Reassembler
 from zonegate.zones.config import ConfigError, load_gateway_config
+from zonegate.zones.topology import load_topology
 
 # The package re-exports the function `verify`; the module is what the targets need.
 audit_verify = importlib.import_module("zonegate.audit.verify")
@@ -61,6 +62,16 @@ def config_target(data: bytes) -> None:
         assert e.file == str(path)
 
 
+def topology_target(data: bytes) -> None:
+    """Any bytes as a topology file: a TopologyError (a ConfigError) naming the file."""
+    path = _CONFIG_DIR / "topology.yaml"
+    path.write_bytes(data)
+    try:
+        load_topology(path)
+    except ConfigError as e:
+        assert e.file == str(path)
+
+
 def audit_line_target(data: bytes) -> None:
     """One audit log line, checked as verify checks it: a verdict, never an exception."""
     problem, _digest = audit_verify._check_line(data, 1, GENESIS_HASH)
@@ -88,6 +99,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "envelope": envelope_target,
     "header": header_target,
     "config": config_target,
+    "topology": topology_target,
     "audit_line": audit_line_target,
     "audit_file": audit_file_target,
     "linkframe": linkframe_target,
@@ -106,6 +118,8 @@ def seed_corpus(target: str) -> list[bytes]:
             seeds.append(json.loads(f.read_text())["header"].encode())
     if target == "config":
         seeds.append((here.parent.parent / "configs" / "example-gateway.yaml").read_bytes())
+    if target == "topology":
+        seeds.append((here.parent.parent / "configs" / "topology.yaml").read_bytes())
     corpus = here / "corpus" / target
     if corpus.is_dir():
         seeds += [p.read_bytes() for p in sorted(corpus.iterdir()) if p.is_file()]
