@@ -490,7 +490,16 @@ class _Sftp(asyncssh.SFTPServer):
             up.failed = f"the daily limit of {account.bytes_per_day} bytes would be exceeded"
             self._discard(up, "bytes-per-day", up.failed)
             raise Refused(asyncssh.FX_FAILURE, up.failed)
-        os.pwrite(up.fd, data, offset)
+        try:
+            os.pwrite(up.fd, data, offset)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # Say so plainly, keep nothing of the half-written file, and let monitoring see it.
+            up.failed = "the gateway's disk is full: the upload was not kept; retry later"
+            self.agent.ctx.metrics.disk_full.set(1)
+            self._discard(up, "disk-full", up.failed)
+            raise Refused(asyncssh.FX_FAILURE, up.failed) from None
         up.size = max(up.size, end)
         return len(data)
 
@@ -547,6 +556,7 @@ class _Sftp(asyncssh.SFTPServer):
             self._discard(up, "upload-failed", reason)
             raise Refused(asyncssh.FX_FAILURE, reason) from None
         self._forget(up)
+        self.agent.ctx.metrics.disk_full.set(0)
         self.agent.quota.add(self.account.name, up.size)
         self.agent.audit(
             "received",
