@@ -23,7 +23,7 @@ import binascii
 import ipaddress
 import re
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from fractions import Fraction
@@ -62,6 +62,7 @@ __all__ = [
     "Zone",
     "load_gateway_config",
     "parse_size",
+    "read_yaml_document",
 ]
 
 #: Classification levels of a zone, from least to most sensitive.
@@ -1232,19 +1233,21 @@ def _check_approvals(reader: _Reader, config: GatewayConfig, errors: list[Config
             )
 
 
-def load_gateway_config(path: str | Path) -> GatewayConfig:
-    """Read, validate and return one gateway's config; raise ConfigError on the first problem."""
-    file = str(path)
-    config_path = Path(path).absolute()
+def read_yaml_document(file: str, path: Path, expected: Iterable[str]) -> tuple[Any, Positions]:
+    """Read a YAML file into (safe_load'ed document, positions), or raise a ConfigError.
+
+    Shared by every loader of ours (gateway configs, the topology), so a file that cannot be
+    read, is not UTF-8, is not YAML, repeats a key or is empty gets the same message everywhere.
+    `expected` names the top-level keys, for the empty-file message.
+    """
     try:
-        text = config_path.read_bytes().decode("utf-8-sig")
+        text = path.read_bytes().decode("utf-8-sig")
     except OSError as exc:
         raise ConfigError(file, None, "(top)", f"cannot read the file: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(
             file, None, "(top)", f"the file is not UTF-8 text (byte {exc.start})"
         ) from None
-
     try:
         positions = compose_positions(text)
         document = yaml.safe_load(text) if positions.root_line is not None else None
@@ -1256,8 +1259,6 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
         ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(file, None, "(top)", f"invalid YAML: {exc}") from None
-
-    reader = _Reader(file, config_path.parent, positions)
     if positions.duplicates:
         dup = positions.duplicates[0]
         raise ConfigError(
@@ -1272,8 +1273,17 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
             file,
             None,
             "(top)",
-            f"the file is empty (expected a mapping with keys: {', '.join(_TOP_REQUIRED)})",
+            f"the file is empty (expected a mapping with keys: {', '.join(expected)})",
         )
+    return document, positions
+
+
+def load_gateway_config(path: str | Path) -> GatewayConfig:
+    """Read, validate and return one gateway's config; raise ConfigError on the first problem."""
+    file = str(path)
+    config_path = Path(path).absolute()
+    document, positions = read_yaml_document(file, config_path, _TOP_REQUIRED)
+    reader = _Reader(file, config_path.parent, positions)
     raw = reader.mapping(document, (), _TOP_REQUIRED, _TOP_OPTIONAL)
     sections = {
         "people": (),

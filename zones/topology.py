@@ -29,10 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .config import LEVELS, ConfigError, _dotted, _Reader
-from .yamlpos import YamlPath, compose_positions
+from .config import LEVELS, ConfigError, _Reader, read_yaml_document
+from .yamlpos import YamlPath
 
 __all__ = [
     "CONFERENCE_KINDS",
@@ -788,41 +786,7 @@ class _Checker:
 
 def _read_document(file: str, path: Path) -> tuple[Any, _TopologyReader]:
     """Text -> (safe_load'ed document, reader with positions); ConfigError on any problem."""
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except OSError as exc:
-        raise ConfigError(file, None, "(top)", f"cannot read the file: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            file, None, "(top)", f"the file is not UTF-8 text (byte {exc.start})"
-        ) from None
-    try:
-        positions = compose_positions(text)
-        document = yaml.safe_load(text) if positions.root_line is not None else None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        detail = "; ".join(part for part in (exc.context, exc.problem) if part)
-        raise ConfigError(
-            file, mark.line + 1 if mark else None, "(top)", f"invalid YAML: {detail}"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(file, None, "(top)", f"invalid YAML: {exc}") from None
-    if positions.duplicates:
-        dup = positions.duplicates[0]
-        raise ConfigError(
-            file,
-            dup.line,
-            _dotted(dup.path),
-            f"duplicate key {dup.path[-1]!r} (first at line {dup.first_line}); "
-            f"YAML would silently keep only the last one",
-        )
-    if document is None:
-        raise ConfigError(
-            file,
-            None,
-            "(top)",
-            f"the file is empty (expected a mapping with keys: {', '.join(_TOP_REQUIRED)})",
-        )
+    document, positions = read_yaml_document(file, path, _TOP_REQUIRED)
     return document, _TopologyReader(file, path.parent, positions)
 
 
