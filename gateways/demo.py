@@ -76,7 +76,15 @@ def write_samples(directory: Path) -> list[Path]:
     return paths
 
 
-def _gateway_config(name: str, zone: str, peer: str, peer_zone: str, port: int, limit: int) -> dict:
+def _gateway_config(
+    name: str,
+    zone: str,
+    peer: str,
+    peer_zone: str,
+    port: int,
+    limit: int,
+    transport: dict | None = None,
+) -> dict:
     sender = name == "internet-gw"
     return {
         "version": 1,
@@ -115,15 +123,20 @@ def _gateway_config(name: str, zone: str, peer: str, peer_zone: str, port: int, 
                 "to": "internal",
                 "sender": "internet-gw",
                 "receiver": "internal-gw",
-                "transport": {"kind": "zmq", "endpoint": f"tcp://127.0.0.1:{port}"},
+                "transport": transport or {"kind": "zmq", "endpoint": f"tcp://127.0.0.1:{port}"},
                 "policy": {"min_size": 0, "max_size": limit},
             }
         ],
     }
 
 
-def write_gateway_pair(root: Path, limit: int, port: int | None = None) -> dict[str, Path]:
-    """Keys and configs of the two demo gateways under `root`; returns name -> config path."""
+def write_gateway_pair(
+    root: Path, limit: int, port: int | None = None, transports: dict[str, dict] | None = None
+) -> dict[str, Path]:
+    """Keys and configs of the two demo gateways under `root`; returns name -> config path.
+
+    `transports` maps a gateway name to its flow's transport mapping (default: zmq on loopback).
+    """
     for name in ("internet-gw", "internal-gw"):
         generate_gateway_keys(root / "keys", name)
     port = port or _free_port()
@@ -134,7 +147,9 @@ def write_gateway_pair(root: Path, limit: int, port: int | None = None) -> dict[
     ):
         d = root / name
         d.mkdir()
-        cfg = _gateway_config(name, zone, peer, peer_zone, port, limit)
+        cfg = _gateway_config(
+            name, zone, peer, peer_zone, port, limit, (transports or {}).get(name)
+        )
         path = d / "gateway.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
         configs[name] = path

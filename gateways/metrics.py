@@ -88,6 +88,17 @@ class AgentMetrics:
             ["flow"],
             registry=self.registry,
         )
+        self.lost = Counter(
+            "zonegate_link_lost_messages",
+            "Messages the link transport knows it lost (UDP: FEC could not complete them).",
+            ["flow"],
+            registry=self.registry,
+        )
+        self.rcvbuf_errors = Gauge(
+            "zonegate_udp_rcvbuf_errors",
+            "The kernel's UDP RcvbufErrors counter (datagrams dropped on a full socket buffer).",
+            registry=self.registry,
+        )
         self.up = Gauge(
             "zonegate_agent_info", "Agent identity.", ["agent", "gateway"], registry=self.registry
         )

@@ -99,7 +99,7 @@ def register_transport(kind: str, sender: SenderFactory, receiver: ReceiverFacto
 
 def _factories(kind: str) -> tuple[SenderFactory, ReceiverFactory]:
     if not _TRANSPORTS:
-        from . import zmqlink  # noqa: F401 - registers itself
+        from . import ferry, sftppush, udp, zmqlink  # noqa: F401 - each registers itself
 
     try:
         return _TRANSPORTS[kind]
