@@ -136,7 +136,7 @@ class ReceiverAgent:
             self.ctx.metrics.link_up.labels(flow.name).set(1)
             return
         if note.kind == "repeat":  # the transport's own repeat round of a message held here
-            fields = {"id": note.transfer, "flow": flow.name}
+            fields = {"id": note.transfer or "", "flow": flow.name}
             self.ctx.record("duplicate", fields, outcome="info", reason=note.reason)
             self.ctx.metrics.messages.labels(flow.name, "receive", "duplicate").inc()
             return
@@ -144,9 +144,15 @@ class ReceiverAgent:
             self.ctx.metrics.link_up.labels(flow.name).set(0)
             self.ctx.record("link-down", {"flow": flow.name}, outcome="info", reason=note.reason)
             return
-        if note.kind == "lost":
-            fields = {"id": note.transfer, "flow": flow.name}
-            self.ctx.record("lost", fields, outcome="error", reason=note.reason)
+        if note.kind == "lost":  # a message that will never complete: a gap, named if possible
+            if note.transfer and any(
+                self.ctx.spool.entry(s, note.transfer).exists() for s in ("received", "delivered")
+            ):
+                return  # an earlier copy arrived (before a restart of this receiver)
+            fields = {"flow": flow.name} | ({"id": note.transfer} if note.transfer else {})
+            self.ctx.record(
+                "gap", fields, outcome="error", reason=f"lost on the link: {note.reason}"
+            )
             self.ctx.metrics.lost.labels(flow.name).inc()
         reason = {"aborted": "transfer-aborted", "stray": "stray-frame"}.get(note.kind, note.kind)
         self.ctx.metrics.rejections.labels(flow.name, "link", reason).inc()

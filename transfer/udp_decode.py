@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import raptorq
 
-from .udp_packet import DataPacket, HeartbeatPacket, PacketError, parse
+from .udp_packet import MAX_RECENT, DataPacket, HeartbeatPacket, PacketError, parse
 
 __all__ = [
     "Aborted",
@@ -120,7 +120,7 @@ class Decoder:
         self.flow = flow
         self.sender = sender
         self.max_length = max_length
-        self.silence = heartbeat * 1.5
+        self.silence = heartbeat * 2  # one heartbeat missed
         self.session: bytes | None = None
         self.old_sessions: OrderedDict[bytes, None] = OrderedDict()
         self.floor = 0  # message numbers <= floor are settled (or before our time)
@@ -179,12 +179,11 @@ class Decoder:
         self.finished.clear()
         self.settled.clear()
         self.missing.clear()
-        # Joining a session half-way: what went before is not ours to report (the agent's
-        # sequence check sees it); a data packet's own message counts from here.
-        if isinstance(packet, DataPacket):
-            self.floor = packet.msgno - 1
-        else:
-            self.floor = packet.position
+        # Every message of a new session is ours to account for, as far back as a heartbeat
+        # can still name it (joining a long session half-way: older ones are not ours to
+        # report; the agent's sequence check sees them, and it ignores a "lost" it holds).
+        start = packet.msgno - 1 if isinstance(packet, DataPacket) else packet.position
+        self.floor = max(0, start - MAX_RECENT)
         return events
 
     def _known(self, msgno: int) -> bool:
