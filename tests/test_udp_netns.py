@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from harness import GatewayPair, make_file, metric_value, wait_for
-from netns import OneWayLink
+from netns import OneWayLink, sh
 from test_e2e import _assert_exactly_once, _sha256
 
 from zonegate.gateways.agent import AgentContext
@@ -45,6 +45,15 @@ def _pair(root: Path, link: OneWayLink, sender_t: dict, receiver_t: dict) -> Gat
         transports={"internet-gw": sender_t, "internal-gw": receiver_t},
         netns={"sender": link.sender_ns, "receiver": link.receiver_ns},
     )
+
+
+def _start(pair: GatewayPair) -> None:
+    """Receiver first: a datagram reaching a port nobody has bound yet would make the
+    receiver's kernel answer with ICMP port-unreachable (dropped by the rule, but counted)."""
+    pair.start("receiver")
+    ns = pair.netns["receiver"]
+    wait_for(lambda: f":{PORT} " in sh("ss", "-Huln", ns=ns), 20, "the receiver's socket")
+    pair.start("ingest", "sender")
 
 
 def _sources(directory: Path, sizes: list[int], seed: int) -> dict[str, str]:
@@ -100,7 +109,7 @@ def _run_mixed(link: OneWayLink, tmp_path: Path, sizes: list[int], timeout: floa
     pair = _pair(tmp_path / "gw", link, _udp(endpoint), _udp(endpoint))
     try:
         expected = _sources(tmp_path / "src", sizes, seed=len(sizes))
-        pair.start()
+        _start(pair)
         submit_files(pair.outbox, "import", [tmp_path / "src"])
         delivered = lambda: pair.receiver_spool.depth("delivered")  # noqa: E731
         wait_for(lambda: delivered() >= len(expected), timeout, f"{len(expected)} deliveries")
@@ -159,7 +168,7 @@ def test_five_percent_loss_with_25_percent_redundancy_loses_nothing(
         for name in [n for n in expected if (tmp_path / "src" / n).stat().st_size > 8 * MiB]:
             (tmp_path / "src" / name).unlink()
             del expected[name]
-        pair.start()
+        _start(pair)
         submit_files(pair.outbox, "import", [tmp_path / "src"])
         wait_for(lambda: pair.receiver_spool.depth("delivered") >= len(expected), 120, "all")
         time.sleep(1.5)
@@ -190,7 +199,7 @@ def test_half_loss_reports_exactly_which_messages_were_lost(
     try:
         sizes = [random.Random(9).choice([1 * KiB, 3 * KiB, 40 * KiB]) for _ in range(40)]
         _sources(tmp_path / "src", sizes, seed=6)
-        pair.start()
+        _start(pair)
         submit_files(pair.outbox, "import", [tmp_path / "src"])
 
         def settled() -> bool:
@@ -230,7 +239,7 @@ def test_kill_9_of_the_udp_sender_mid_transfer_then_restart(
     try:
         sizes = [int(2 ** random.Random(i).uniform(10, 21)) for i in range(120)] + [24 * MiB]
         expected = _sources(tmp_path / "src", sizes, seed=8)
-        pair.start()
+        _start(pair)
         submitter = threading.Thread(
             target=submit_files, args=(pair.outbox, "import", [tmp_path / "src"])
         )
