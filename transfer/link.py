@@ -98,8 +98,7 @@ def register_transport(kind: str, sender: SenderFactory, receiver: ReceiverFacto
 
 
 def _factories(kind: str) -> tuple[SenderFactory, ReceiverFactory]:
-    if not _TRANSPORTS:
-        from . import ferry, sftppush, udp, zmqlink  # noqa: F401 - each registers itself
+    from . import ferry, sftppush, udp, zmqlink  # noqa: F401 - each registers itself on import
 
     try:
         return _TRANSPORTS[kind]
