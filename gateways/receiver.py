@@ -37,7 +37,7 @@ from ..transfer.keys import load_encryption_private, load_signing_public
 from ..transfer.link import Arrival, LinkNote, open_receiver
 from ..transfer.names import safe_name
 from ..transfer.spool import ENVELOPE, META, MessageMeta
-from ..transfer.udp import kernel_rcvbuf_errors
+from ..transfer.udp_recv import kernel_rcvbuf_errors
 from ..zones.config import Flow
 from .agent import AgentContext, FailClosed, utc_now
 
