@@ -76,7 +76,15 @@ def write_samples(directory: Path) -> list[Path]:
     return paths
 
 
-def _gateway_config(name: str, zone: str, peer: str, peer_zone: str, port: int, limit: int) -> dict:
+def _gateway_config(
+    name: str,
+    zone: str,
+    peer: str,
+    peer_zone: str,
+    port: int,
+    limit: int,
+    transport: dict | None = None,
+) -> dict:
     sender = name == "internet-gw"
     return {
         "version": 1,
@@ -116,7 +124,7 @@ def _gateway_config(name: str, zone: str, peer: str, peer_zone: str, port: int, 
                 "to": "internal",
                 "sender": "internet-gw",
                 "receiver": "internal-gw",
-                "transport": {"kind": "zmq", "endpoint": f"tcp://127.0.0.1:{port}"},
+                "transport": transport or {"kind": "zmq", "endpoint": f"tcp://127.0.0.1:{port}"},
                 "policy": {"min_size": 0, "max_size": limit},
             }
         ],
@@ -127,6 +135,7 @@ def write_gateway_pair(
     root: Path,
     limit: int,
     port: int | None = None,
+    transports: dict[str, dict] | None = None,
     *,
     publish: bool = False,
     publish_port: int | None = None,
@@ -134,6 +143,7 @@ def write_gateway_pair(
 ) -> dict[str, Path]:
     """Keys and configs of the two demo gateways under `root`; returns name -> config path.
 
+    `transports` maps a gateway name to its flow's transport mapping (default: zmq on loopback).
     With `publish`, both also get the demo people (keys under `root/people`) and the `publish`
     flow (internal -> internet, two officers' approvals, signed delivery); see demo_publish.py.
     """
@@ -152,7 +162,9 @@ def write_gateway_pair(
     ):
         d = root / name
         d.mkdir()
-        cfg = _gateway_config(name, zone, peer, peer_zone, port, limit)
+        cfg = _gateway_config(
+            name, zone, peer, peer_zone, port, limit, (transports or {}).get(name)
+        )
         if publish:
             add_publish_flow(cfg, name, publish_port or 0, limit, review_expires)
         path = d / "gateway.yaml"

@@ -169,6 +169,17 @@ class AgentMetrics:
             ["flow"],
             registry=self.registry,
         )
+        self.lost = Counter(
+            "zonegate_link_lost_messages",
+            "Messages the link transport knows it lost (UDP: FEC could not complete them).",
+            ["flow"],
+            registry=self.registry,
+        )
+        self.rcvbuf_errors = Gauge(
+            "zonegate_udp_rcvbuf_errors",
+            "The kernel's UDP RcvbufErrors counter (datagrams dropped on a full socket buffer).",
+            registry=self.registry,
+        )
         self.disk_full = Gauge(
             "zonegate_disk_full",
             "1 while the agent is waiting for disk space (writes failed with ENOSPC).",

@@ -46,6 +46,7 @@ from ..transfer.link import Arrival, LinkNote, open_receiver
 from ..transfer.names import safe_name
 from ..transfer.publication import companion_paths, make_manifest, sign_manifest
 from ..transfer.spool import ENVELOPE, META, MessageMeta
+from ..transfer.udp_recv import kernel_rcvbuf_errors
 from ..zones.config import Flow
 from .agent import AgentContext, FailClosed, utc_now
 
@@ -133,6 +134,8 @@ class ReceiverAgent:
         self.ctx.metrics.link_up.labels(flow.name).set(1)
         try:
             while not self.ctx.stop.is_set():
+                if flow.transport.kind == "udp":
+                    self.ctx.metrics.rcvbuf_errors.set(kernel_rcvbuf_errors())
                 for item in link.poll(200):
                     if isinstance(item, Arrival):
                         self.ctx.metrics.bytes.labels(flow.name, "link").inc(item.size)
@@ -145,7 +148,27 @@ class ReceiverAgent:
     def _on_note(self, flow: Flow, note: LinkNote) -> None:
         if note.kind == "heartbeat":
             self.ctx.metrics.last_heartbeat.labels(flow.name).set(time.time())
+            self.ctx.metrics.link_up.labels(flow.name).set(1)
             return
+        if note.kind == "repeat":  # the transport's own repeat round of a message held here
+            fields = {"id": note.transfer or "", "flow": flow.name}
+            self.ctx.record("duplicate", fields, outcome="info", reason=note.reason)
+            self.ctx.metrics.messages.labels(flow.name, "receive", "duplicate").inc()
+            return
+        if note.kind == "silent":
+            self.ctx.metrics.link_up.labels(flow.name).set(0)
+            self.ctx.record("link-down", {"flow": flow.name}, outcome="info", reason=note.reason)
+            return
+        if note.kind == "lost":  # a message that will never complete: a gap, named if possible
+            if note.transfer and any(
+                self.ctx.spool.entry(s, note.transfer).exists() for s in ("received", "delivered")
+            ):
+                return  # an earlier copy arrived (before a restart of this receiver)
+            fields = {"flow": flow.name} | ({"id": note.transfer} if note.transfer else {})
+            self.ctx.record(
+                "gap", fields, outcome="error", reason=f"lost on the link: {note.reason}"
+            )
+            self.ctx.metrics.lost.labels(flow.name).inc()
         reason = {"aborted": "transfer-aborted", "stray": "stray-frame"}.get(note.kind, note.kind)
         self.ctx.metrics.rejections.labels(flow.name, "link", reason).inc()
         log.warning("flow %s: %s: %s", flow.name, note.kind, note.reason)

@@ -55,9 +55,17 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, step: flo
 class GatewayPair:
     """internet-gw (ingest + sender) and internal-gw (receiver), each agent its own process."""
 
-    def __init__(self, root: Path, limit: int = 128 * 1024**2) -> None:
+    def __init__(
+        self,
+        root: Path,
+        limit: int = 128 * 1024**2,
+        transports: dict[str, dict] | None = None,
+        netns: dict[str, str] | None = None,
+    ) -> None:
+        """`netns` maps an agent to the network namespace its process runs in."""
         self.root = root
-        self.configs = write_gateway_pair(root, limit)
+        self.netns = netns or {}
+        self.configs = write_gateway_pair(root, limit, transports=transports)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.sender_spool = Spool(root / "internet-gw" / "spool")
         self.receiver_spool = Spool(root / "internal-gw" / "spool")
@@ -71,7 +79,9 @@ class GatewayPair:
         """Start agents; `wrapper` prefixes the command (e.g. faketime, ip netns exec)."""
         for agent in agents or ("ingest", "sender", "receiver"):
             log = open(self.root / f"{agent}.log", "ab")  # noqa: SIM115
-            cmd = [*wrapper, sys.executable, "-m", "zonegate.bin.cli", "run", "-v"]
+            ns = self.netns.get(agent)
+            cmd = ["ip", "netns", "exec", ns] if ns else []
+            cmd += [*wrapper, sys.executable, "-m", "zonegate.bin.cli", "run", "-v"]
             cmd += ["--config", str(self.config(agent)), "--agent", agent]
             self.procs[agent] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
             log.close()

@@ -258,7 +258,7 @@ def test_address_str_brackets_ipv6() -> None:
 
 
 def test_transport_kinds_constant() -> None:
-    assert frozenset({"zmq"}) == TRANSPORT_KINDS
+    assert frozenset({"zmq", "udp", "ferry", "sftp"}) == TRANSPORT_KINDS
 
 
 def test_example_config_loads(tmp_path: Path) -> None:
@@ -375,7 +375,7 @@ def test_missing_key_in_list_item_points_at_item(gw: Path) -> None:
             "      kind: carrier-pigeon\n      endpoint: tcp://127.0.0.1:5601\n",
             "carrier-pigeon",
             "flows[0].transport.kind",
-            "unknown transport kind 'carrier-pigeon' (expected one of: zmq)",
+            "unknown transport kind 'carrier-pigeon' (expected one of: ferry, sftp, udp, zmq)",
         ),
         (
             "    resend_window: 8 MiB\n",

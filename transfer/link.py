@@ -9,6 +9,7 @@ datagrams, files on removable media) is each transport's own business.
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,6 +94,8 @@ class LinkReceiver(Protocol):
 SenderFactory = Callable[[Flow], LinkSender]
 ReceiverFactory = Callable[[Flow, Path, int], LinkReceiver]
 _TRANSPORTS: dict[str, tuple[SenderFactory, ReceiverFactory]] = {}
+#: the module that implements (and registers) each transport kind
+_MODULES = {"zmq": "zmqlink", "udp": "udp", "ferry": "ferry", "sftp": "sftppush"}
 
 
 def register_transport(kind: str, sender: SenderFactory, receiver: ReceiverFactory) -> None:
@@ -100,8 +103,9 @@ def register_transport(kind: str, sender: SenderFactory, receiver: ReceiverFacto
 
 
 def _factories(kind: str) -> tuple[SenderFactory, ReceiverFactory]:
-    if not _TRANSPORTS:
-        from . import zmqlink  # noqa: F401 - registers itself
+    if kind not in _TRANSPORTS and kind in _MODULES:
+        # Imported on first use only, so a gateway loads the libraries of its own transports.
+        importlib.import_module(f"{__package__}.{_MODULES[kind]}")  # registers itself
 
     try:
         return _TRANSPORTS[kind]

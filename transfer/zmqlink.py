@@ -216,8 +216,16 @@ class ZmqEnvelopeReceiver:
         self.link.close()
 
 
+def _no_curve_yet(flow: Flow) -> Flow:
+    """Fail closed: the config accepts Curve keys, but this link does not encrypt with them yet,
+    and a flow whose config asks for encryption must never run in the clear."""
+    if flow.transport.curve_key is not None:
+        raise ValueError(f"flow {flow.name}: CurveZMQ keys are configured but not implemented yet")
+    return flow
+
+
 register_transport(
     "zmq",
-    lambda flow: ZmqLinkSender(flow.transport.endpoint),
-    ZmqEnvelopeReceiver,
+    lambda flow: ZmqLinkSender(_no_curve_yet(flow).transport.endpoint),
+    lambda flow, scratch, max_length: ZmqEnvelopeReceiver(_no_curve_yet(flow), scratch, max_length),
 )

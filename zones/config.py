@@ -43,6 +43,7 @@ __all__ = [
     "ROLES",
     "SIZE_UNITS",
     "TRANSPORT_KINDS",
+    "TRANSPORT_OPTIONS",
     "Address",
     "Approval",
     "ArchiveRules",
@@ -68,7 +69,7 @@ __all__ = [
 #: Classification levels of a zone, from least to most sensitive.
 LEVELS: tuple[str, ...] = ("public", "sensitive", "classified")
 #: Transport kinds a flow may use. The one place to add a kind (with its endpoint check below).
-TRANSPORT_KINDS: frozenset[str] = frozenset({"zmq"})
+TRANSPORT_KINDS: frozenset[str] = frozenset({"zmq", "udp", "ferry", "sftp"})
 #: Names of gateways, zones, nodes, peers and flows: they end up in paths, metrics labels and
 #: audit records, so they are kept to a small, unambiguous alphabet.
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -160,10 +161,33 @@ class Peer:
 
 @dataclass(frozen=True)
 class Transport:
-    """How a flow's envelopes travel: the kind (one of `TRANSPORT_KINDS`) and its endpoint."""
+    """How a flow's envelopes travel: the kind (one of `TRANSPORT_KINDS`) and its endpoint.
+
+    The optional settings below belong to some kinds only (see `TRANSPORT_OPTIONS`); giving one
+    to another kind is an error, so a udp setting left on a zmq flow is not silently ignored.
+    """
 
     kind: str
     endpoint: str
+    #: udp: bytes per second the sender may put on the link (token bucket); 0 = unlimited
+    bandwidth: int = 0
+    #: udp: repair symbols per source symbol (0.25 = 25% FEC overhead)
+    redundancy: float = 0.25
+    #: udp: how many times each message is sent (nothing can ask for a resend)
+    repeats: int = 1
+    #: udp: seconds between heartbeats; the receiver calls the link dead after one missed
+    heartbeat: float = 1.0
+    #: udp: bytes of FEC symbol per datagram (keep header + this under the path MTU)
+    packet_size: int = 1400
+    #: zmq: this gateway's CurveZMQ secret key (sender: client key; receiver: server key)
+    curve_key: Path | None = None
+    #: zmq: the peer's CurveZMQ public key (only that peer may connect)
+    peer_curve_key: Path | None = None
+    #: sftp (sender): private key to log in with, and the known_hosts file the server must match
+    identity: Path | None = None
+    known_hosts: Path | None = None
+    #: sftp (receiver): the directory the SFTP server writes into, read like a ferry directory
+    drop_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -501,8 +525,53 @@ def _check_zmq_endpoint(endpoint: str) -> None:
         raise ValueError(f"bad zmq endpoint {endpoint!r}: {exc}") from None
 
 
+def _check_udp_endpoint(endpoint: str) -> None:
+    """A udp flow endpoint: ``udp://HOST:PORT`` — the receiver binds it, the sender sends to it."""
+    if not endpoint.startswith("udp://"):
+        raise ValueError(f"expected udp://HOST:PORT for a udp transport, got {endpoint!r}")
+    try:
+        _parse_hostport(endpoint.removeprefix("udp://"), min_port=1)
+    except ValueError as exc:
+        raise ValueError(f"bad udp endpoint {endpoint!r}: {exc}") from None
+
+
+def _check_ferry_endpoint(endpoint: str) -> None:
+    """A ferry flow endpoint: the directory both sides see (absolute, or relative to the file)."""
+    if not endpoint or "\0" in endpoint or "://" in endpoint:
+        raise ValueError(f"expected a directory path for a ferry transport, got {endpoint!r}")
+
+
+_SFTP_RE = re.compile(r"sftp://(?P<user>[a-z_][a-z0-9_-]{0,31})@(?P<hostport>[^/]+)(?P<path>/.*)")
+
+
+def _check_sftp_endpoint(endpoint: str) -> None:
+    """An sftp flow endpoint: ``sftp://USER@HOST:PORT/DIR`` (sender) — the drop point."""
+    match = _SFTP_RE.fullmatch(endpoint)
+    if match is None:
+        raise ValueError(
+            f"expected sftp://USER@HOST:PORT/DIR for an sftp transport, got {endpoint!r}"
+        )
+    try:
+        _parse_hostport(match["hostport"], min_port=1)
+    except ValueError as exc:
+        raise ValueError(f"bad sftp endpoint {endpoint!r}: {exc}") from None
+
+
 #: Endpoint check for each transport kind; a kind in TRANSPORT_KINDS must have one.
-_ENDPOINT_CHECKS: Mapping[str, Callable[[str], None]] = {"zmq": _check_zmq_endpoint}
+_ENDPOINT_CHECKS: Mapping[str, Callable[[str], None]] = {
+    "zmq": _check_zmq_endpoint,
+    "udp": _check_udp_endpoint,
+    "ferry": _check_ferry_endpoint,
+    "sftp": _check_sftp_endpoint,
+}
+#: Optional transport settings each kind accepts (besides kind and endpoint).
+TRANSPORT_OPTIONS: Mapping[str, tuple[str, ...]] = {
+    "zmq": ("curve_key", "peer_curve_key"),
+    "udp": ("bandwidth", "redundancy", "repeats", "heartbeat", "packet_size"),
+    "ferry": (),
+    # drop_dir: on the receiving side, the directory the SFTP server writes into (read as a ferry)
+    "sftp": ("identity", "known_hosts", "drop_dir"),
+}
 
 
 class _Reader:
@@ -772,21 +841,54 @@ class _Reader:
         raw = self.mapping(value, path, (), ("ingest", "sender", "receiver", "sftp"))
         return Metrics(**self.fields(raw, path, dict.fromkeys(raw, self.address)))
 
+    def fraction(self, value: object, path: YamlPath, low: float, high: float) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.at_value(path, f"expected a number, got {_describe(value)}")
+        if not low <= value <= high:
+            raise self.at_value(path, f"{value} is out of range (expected {low}..{high})")
+        return float(value)
+
     def transport(self, value: object, path: YamlPath) -> Transport:
-        raw = self.mapping(value, path, ("kind", "endpoint"))
+        every = tuple(dict.fromkeys(o for opts in TRANSPORT_OPTIONS.values() for o in opts))
+        raw = self.mapping(value, path, ("kind", "endpoint"), every)
         kinds = tuple(sorted(TRANSPORT_KINDS))
+        public = lambda v, p: self.key_file(v, p, private=False)  # noqa: E731
+        private = lambda v, p: self.key_file(v, p, private=True)  # noqa: E731
         read = self.fields(
             raw,
             path,
             {
                 "kind": lambda v, p: self.choice(v, p, "transport kind", kinds),
                 "endpoint": self.string,
+                "bandwidth": self.size,
+                "redundancy": lambda v, p: self.fraction(v, p, 0.0, 4.0),
+                "repeats": lambda v, p: self.bounded(v, p, 1, 16),
+                "heartbeat": self.duration,
+                "packet_size": lambda v, p: self.bounded(v, p, 256, 65000),
+                "curve_key": private,
+                "peer_curve_key": public,
+                "identity": private,
+                "known_hosts": public,
+                "drop_dir": self.path,
             },
         )
+        kind = read["kind"]
+        for key in raw:
+            if key not in ("kind", "endpoint", *TRANSPORT_OPTIONS[kind]):
+                allowed = ", ".join(TRANSPORT_OPTIONS[kind]) or "none"
+                raise self.at_key(
+                    (*path, key), f"{key!r} is not a setting of a {kind} transport ({allowed})"
+                )
         try:
-            _ENDPOINT_CHECKS[read["kind"]](read["endpoint"])
+            _ENDPOINT_CHECKS[kind](read["endpoint"])
         except ValueError as exc:
             raise self.at_value((*path, "endpoint"), str(exc)) from None
+        if ("curve_key" in read) != ("peer_curve_key" in read):
+            raise self.at_key(path, "curve_key and peer_curve_key go together (both or neither)")
+        if kind == "udp" and "heartbeat" in read and not 0.05 <= read["heartbeat"] <= 3600:
+            raise self.at_value((*path, "heartbeat"), "expected 0.05s..1h between heartbeats")
+        if kind == "ferry":
+            read["endpoint"] = str(self.base / read["endpoint"])
         return Transport(**read)
 
     def bounded(self, value: object, path: YamlPath, low: int, high: int | None = None) -> int:
