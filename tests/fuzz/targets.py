@@ -22,6 +22,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from zonegate.audit.record import GENESIS_HASH
 from zonegate.transfer import envelope as env
 from zonegate.transfer.linkframe import Reassembler
+from zonegate.transfer.udp_decode import Decoder
+from zonegate.transfer.udp_encode import EncodeParams, encode_message
+from zonegate.transfer.udp_packet import heartbeat_datagram
 from zonegate.zones.config import ConfigError, load_gateway_config
 from zonegate.zones.topology import load_topology
 
@@ -72,6 +75,32 @@ def topology_target(data: bytes) -> None:
         assert e.file == str(path)
 
 
+def fec_target(data: bytes) -> None:
+    """Datagrams off the one-way UDP link (split at a 4-byte marker) into the FEC block decoder:
+    only its own events, never an exception, whatever arrives."""
+    decoder = Decoder("import", "internet-gw", 1 << 22, heartbeat=1.0)
+    now = 0.0
+    for datagram in data.split(_DATAGRAM_SEP)[:256]:
+        now += 0.01
+        decoder.feed(datagram, now)
+    decoder.tick(now + 10.0)
+
+
+_DATAGRAM_SEP = b"\xf0\x9f\x92\xa5"
+
+
+def _fec_seed() -> bytes:
+    payload = bytes(range(256)) * 40
+    params = EncodeParams(symbol=512, redundancy=0.25, rounds=1, block_size=4096)
+    grams = list(
+        encode_message(
+            io.BytesIO(payload), len(payload), "0" * 31 + "1", b"s" * 8, 1, False, params
+        )
+    )
+    beat = heartbeat_datagram(b"s" * 8, 1, "import", "internet-gw", 1, 1000, [(1, "0" * 31 + "1")])
+    return _DATAGRAM_SEP.join([*grams, beat])
+
+
 def audit_line_target(data: bytes) -> None:
     """One audit log line, checked as verify checks it: a verdict, never an exception."""
     problem, _digest = audit_verify._check_line(data, 1, GENESIS_HASH)
@@ -103,6 +132,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "audit_line": audit_line_target,
     "audit_file": audit_file_target,
     "linkframe": linkframe_target,
+    "fec": fec_target,
 }
 
 
@@ -116,6 +146,8 @@ def seed_corpus(target: str) -> list[bytes]:
     if target == "header":
         for f in sorted(VECTORS.glob("*.json")):
             seeds.append(json.loads(f.read_text())["header"].encode())
+    if target == "fec":
+        seeds.append(_fec_seed())
     if target == "config":
         seeds.append((here.parent.parent / "configs" / "example-gateway.yaml").read_bytes())
     if target == "topology":
