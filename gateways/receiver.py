@@ -248,8 +248,8 @@ class ReceiverAgent:
             meta = MessageMeta(id=msg_id, flow="unknown", system="", original_name="")
             self._corrupt_received(msg_id, meta, f"unreadable metadata: {e}")
             return
-        if meta.extra.get("delivering_to"):
-            self._finish_delivery(msg_id, meta)
+        if meta.extra.get("delivering_to") or meta.extra.get("delivered_as"):
+            self._finish_delivery(msg_id, meta)  # a crash interrupted it: finish, never redo
             return
         flow = self.flows.get(meta.flow)
         try:
@@ -376,34 +376,41 @@ class ReceiverAgent:
         self._finish_delivery(msg_id, meta)
 
     def _finish_delivery(self, msg_id: str, meta: MessageMeta) -> None:
+        """Link the plaintext into the inbox, then mark the message delivered.
+
+        Every step can be repeated after a crash without a second copy: the link is recognised by
+        its inode, a lost `.part` by the delivered file's hash, and once the marker (`delivered_as`)
+        is written only the move to delivered/ is left to do.
+        """
         spool = self.ctx.spool
-        target = Path(meta.extra["delivering_to"])
-        part = target.parent.parent / "tmp" / f"{msg_id}.part"
-        if part.exists():
-            self.ctx.record("delivered", meta, path=target.name)
-            target = _link_no_clobber(part, target, msg_id)
-            part.unlink()
-            fsync_dir(target.parent)
-            fsync_dir(part.parent)
+        if meta.extra.get("delivered_as"):
+            target = Path(meta.extra["delivered_as"])
         else:
-            found = meta.extra.get("delivered_as")
-            if not found:
-                # Crash after the link but before the marker: find the file by its id suffix or
-                # name; delivery already happened, so only the marker is missing.
-                target = _find_delivered(target, msg_id, meta.sha256)
-                if target is None:
+            target = Path(meta.extra["delivering_to"])
+            part = target.parent.parent / "tmp" / f"{msg_id}.part"
+            if part.exists():
+                self.ctx.record("delivered", meta, path=target.name)
+                target = _link_no_clobber(part, target, msg_id)
+                part.unlink()
+                fsync_dir(target.parent)
+                fsync_dir(part.parent)
+            else:
+                # Crash after the link but before the marker: the file is in the inbox already.
+                found = _find_delivered(target, msg_id, meta.sha256)
+                if found is None:
                     self._quarantine_received(
                         msg_id, meta, "lost-plaintext", "plaintext vanished mid-delivery; re-open"
                     )
                     return
-        flow = self.flows.get(meta.flow)
-        if flow is not None and flow.signed_delivery:
-            self._sign_publication(target, meta)
-        kept = {k: v for k, v in meta.extra.items() if k != "delivering_to"}
-        marker = meta.replace(
-            extra={**kept, "delivered_as": str(target), "delivered_at": utc_now()}
-        )
-        spool.write_meta("received", msg_id, marker)
+                target = found
+            flow = self.flows.get(meta.flow)
+            if flow is not None and flow.signed_delivery:
+                self._sign_publication(target, meta)
+            kept = {k: v for k, v in meta.extra.items() if k != "delivering_to"}
+            marker = meta.replace(
+                extra={**kept, "delivered_as": str(target), "delivered_at": utc_now()}
+            )
+            spool.write_meta("received", msg_id, marker)
         with self.lock:
             spool.move(msg_id, "received", "delivered")
         with contextlib.suppress(FileNotFoundError):
