@@ -17,6 +17,8 @@ from zonegate.transfer.keys import (
     KeyFileError,
     KeyFiles,
     generate_gateway_keys,
+    load_curve_public,
+    load_curve_secret,
     load_encryption_private,
     load_encryption_public,
     load_signing_private,
@@ -51,10 +53,12 @@ def all_paths(files: KeyFiles) -> list[Path]:
     ]
 
 
-def test_generate_writes_six_files_with_modes(keys: KeyFiles, tmp_path: Path) -> None:
+def test_generate_writes_eight_files_with_modes(keys: KeyFiles, tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == [
         "internet-gw.audit.key",
         "internet-gw.audit.pub",
+        "internet-gw.curve.key",
+        "internet-gw.curve.pub",
         "internet-gw.kem.key",
         "internet-gw.kem.pub",
         "internet-gw.sign.key",
@@ -69,6 +73,13 @@ def test_generate_writes_six_files_with_modes(keys: KeyFiles, tmp_path: Path) ->
     audit = load_signing_private(keys.audit_private)
     assert audit.public_key() == load_signing_public(keys.audit_public)
     assert audit.public_key() != load_signing_private(keys.signing_private).public_key()
+    assert mode_of(keys.curve_private) == 0o600
+    assert mode_of(keys.curve_public) == 0o644
+    public, _secret = load_curve_secret(keys.curve_private)
+    assert public == load_curve_public(keys.curve_public)
+    keys.curve_private.chmod(0o640)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        load_curve_secret(keys.curve_private)
     assert keys.signing_private.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
     assert keys.signing_public.read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
 

@@ -11,10 +11,12 @@ public) so standard tools can inspect them; private files are created with O_EXC
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+import zmq
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -29,6 +31,8 @@ __all__ = [
     "generate_gateway_keys",
     "generate_person_key",
     "generate_ssh_host_key",
+    "load_curve_public",
+    "load_curve_secret",
     "load_encryption_private",
     "load_encryption_public",
     "load_signing_private",
@@ -48,6 +52,8 @@ class KeyFiles:
     encryption_public: Path
     audit_private: Path
     audit_public: Path
+    curve_private: Path
+    curve_public: Path
 
 
 def key_file_names(directory: Path, name: str) -> KeyFiles:
@@ -58,11 +64,17 @@ def key_file_names(directory: Path, name: str) -> KeyFiles:
         encryption_public=directory / f"{name}.kem.pub",
         audit_private=directory / f"{name}.audit.key",
         audit_public=directory / f"{name}.audit.pub",
+        curve_private=directory / f"{name}.curve.key",
+        curve_public=directory / f"{name}.curve.pub",
     )
 
 
 def generate_gateway_keys(directory: Path, name: str) -> KeyFiles:
-    """Create a gateway's three key pairs; refuses to overwrite an existing file."""
+    """Create a gateway's four key pairs; refuses to overwrite an existing file.
+
+    Signing (Ed25519), envelope encryption (X25519), audit checkpoints (Ed25519) and the
+    CurveZMQ link key (Curve25519, Z85 text, as ZeroMQ takes it).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     files = key_file_names(directory, name)
     for path in (
@@ -72,6 +84,8 @@ def generate_gateway_keys(directory: Path, name: str) -> KeyFiles:
         files.encryption_public,
         files.audit_private,
         files.audit_public,
+        files.curve_private,
+        files.curve_public,
     ):
         if path.exists() or path.is_symlink():
             raise KeyFileError(f"{path} already exists; remove it first to replace the key")
@@ -84,6 +98,9 @@ def generate_gateway_keys(directory: Path, name: str) -> KeyFiles:
     audit = Ed25519PrivateKey.generate()
     _write_private(files.audit_private, audit)
     _write_public(files.audit_public, audit.public_key())
+    curve_public, curve_secret = zmq.curve_keypair()
+    write_durably(files.curve_private, curve_secret + b"\n", mode=0o600)
+    write_durably(files.curve_public, curve_public + b"\n", mode=0o644)
     fsync_dir(directory)
     return files
 
@@ -166,7 +183,8 @@ def _write_public(path: Path, key: Ed25519PublicKey | X25519PublicKey) -> None:
     write_durably(path, pem, mode=0o644)
 
 
-def _read_private(path: Path) -> object:
+def _read_private_bytes(path: Path) -> bytes:
+    """A private key file's bytes, refused unless a regular file readable by its owner only."""
     try:
         # O_NONBLOCK: a FIFO at the key path must be refused below, not block the agent forever
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -182,7 +200,11 @@ def _read_private(path: Path) -> object:
             raise KeyFileError(
                 f"{path}: permissions {mode:04o} are too open; run: chmod 600 {path}"
             )
-        data = f.read(64 * 1024)
+        return f.read(64 * 1024)
+
+
+def _read_private(path: Path) -> object:
+    data = _read_private_bytes(path)
     try:
         return serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
@@ -227,3 +249,24 @@ def load_encryption_public(path: Path) -> X25519PublicKey:
     if not isinstance(key, X25519PublicKey):
         raise KeyFileError(f"{path}: expected an X25519 public key (the .kem.pub file)")
     return key
+
+
+_Z85_KEY = re.compile(rb"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
+
+
+def load_curve_secret(path: Path) -> tuple[bytes, bytes]:
+    """(public, secret) Z85 CurveZMQ keys from a 0600 `.curve.key` file."""
+    data = _read_private_bytes(path).strip()
+    if not _Z85_KEY.fullmatch(data):
+        raise KeyFileError(f"{path}: not a CurveZMQ secret key (40 Z85 characters)")
+    return zmq.curve_public(data), data
+
+
+def load_curve_public(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()[:256].strip()
+    except OSError as e:
+        raise KeyFileError(f"{path}: cannot read CurveZMQ public key: {e.strerror}") from None
+    if not _Z85_KEY.fullmatch(data):
+        raise KeyFileError(f"{path}: not a CurveZMQ public key (40 Z85 characters)")
+    return data

@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
+import logging
 import os
 import shutil
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
 from ..zones.config import Flow
 from .durable import open_exclusive
+from .keys import load_curve_public, load_curve_secret
 from .link import ENVELOPE_FILE, Arrival, LinkNote, register_transport
 from .linkframe import (
     MAX_PAYLOAD,
@@ -39,7 +44,13 @@ from .linkframe import (
     heartbeat_frame,
 )
 
-__all__ = ["ZmqEnvelopeReceiver", "ZmqLinkReceiver", "ZmqLinkSender", "in_flight_bound"]
+__all__ = [
+    "CurveKeys",
+    "ZmqEnvelopeReceiver",
+    "ZmqLinkReceiver",
+    "ZmqLinkSender",
+    "in_flight_bound",
+]
 
 HWM = 16
 SOCKET_BUFFER = 4 * 1024 * 1024
@@ -50,10 +61,44 @@ def in_flight_bound() -> int:
     return 2 * HWM * MAX_PAYLOAD + 2 * SOCKET_BUFFER
 
 
+@dataclass(frozen=True)
+class CurveKeys:
+    """This gateway's CurveZMQ key pair and the one peer key it accepts (Z85)."""
+
+    public: bytes
+    secret: bytes = field(repr=False)
+    peer: bytes
+
+    @classmethod
+    def for_flow(cls, flow: Flow) -> CurveKeys | None:
+        t = flow.transport
+        if t.curve_key is None or t.peer_curve_key is None:
+            return None
+        public, secret = load_curve_secret(t.curve_key)
+        return cls(public, secret, load_curve_public(t.peer_curve_key))
+
+
+class _OnlyThePeer:
+    """ZAP credentials check: the configured sending gateway's key, and no other."""
+
+    def __init__(self, peer: bytes) -> None:
+        self.peer = peer
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return hmac.compare_digest(key, self.peer)
+
+
 class ZmqLinkSender:
-    def __init__(self, endpoint: str, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self, endpoint: str, context: zmq.Context | None = None, curve: CurveKeys | None = None
+    ) -> None:
         self.ctx = context or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.PUSH)
+        if curve is not None:
+            # Encrypted and authenticated both ways: we prove our key, the server proves its.
+            self.sock.curve_secretkey = curve.secret
+            self.sock.curve_publickey = curve.public
+            self.sock.curve_serverkey = curve.peer
         self.sock.setsockopt(zmq.SNDHWM, HWM)
         self.sock.setsockopt(zmq.SNDBUF, SOCKET_BUFFER)
         self.sock.setsockopt(zmq.IMMEDIATE, 1)
@@ -132,9 +177,26 @@ class ZmqLinkSender:
 
 
 class ZmqLinkReceiver:
-    def __init__(self, endpoint: str, context: zmq.Context | None = None) -> None:
-        self.ctx = context or zmq.Context.instance()
+    def __init__(
+        self, endpoint: str, context: zmq.Context | None = None, curve: CurveKeys | None = None
+    ) -> None:
+        self.auth: ThreadAuthenticator | None = None
+        if curve is not None:
+            # Its own context, so its ZAP handler answers for this socket alone.
+            self.ctx = zmq.Context()
+            self.auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("zonegate.zap"))
+            self.auth.start()
+            self.auth.configure_curve_callback(
+                domain="zonegate", credentials_provider=_OnlyThePeer(curve.peer)
+            )
+        else:
+            self.ctx = context or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.PULL)
+        if curve is not None:
+            self.sock.curve_server = True
+            self.sock.curve_secretkey = curve.secret
+            self.sock.curve_publickey = curve.public
+            self.sock.zap_domain = b"zonegate"
         self.sock.setsockopt(zmq.RCVHWM, HWM)
         self.sock.setsockopt(zmq.RCVBUF, SOCKET_BUFFER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -148,6 +210,9 @@ class ZmqLinkReceiver:
 
     def close(self) -> None:
         self.sock.close()
+        if self.auth is not None:
+            self.auth.stop()
+            self.ctx.term()
 
 
 class ZmqEnvelopeReceiver:
@@ -155,7 +220,7 @@ class ZmqEnvelopeReceiver:
 
     def __init__(self, flow: Flow, scratch: Path, max_length: int) -> None:
         self.scratch = scratch
-        self.link = ZmqLinkReceiver(flow.transport.endpoint)
+        self.link = ZmqLinkReceiver(flow.transport.endpoint, curve=CurveKeys.for_flow(flow))
         self.reasm = Reassembler(flow.name, flow.sender, max_length)
         self._open: tuple[str, Path, BinaryIO, bool] | None = None  # id, dir, file, resend
         self._written = 0
@@ -216,16 +281,8 @@ class ZmqEnvelopeReceiver:
         self.link.close()
 
 
-def _no_curve_yet(flow: Flow) -> Flow:
-    """Fail closed: the config accepts Curve keys, but this link does not encrypt with them yet,
-    and a flow whose config asks for encryption must never run in the clear."""
-    if flow.transport.curve_key is not None:
-        raise ValueError(f"flow {flow.name}: CurveZMQ keys are configured but not implemented yet")
-    return flow
-
-
 register_transport(
     "zmq",
-    lambda flow: ZmqLinkSender(_no_curve_yet(flow).transport.endpoint),
-    lambda flow, scratch, max_length: ZmqEnvelopeReceiver(_no_curve_yet(flow), scratch, max_length),
+    lambda flow: ZmqLinkSender(flow.transport.endpoint, curve=CurveKeys.for_flow(flow)),
+    ZmqEnvelopeReceiver,
 )
