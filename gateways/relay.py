@@ -11,7 +11,8 @@ Its own spool (``spool/relay/``), apart from the gateway's receiver and sender, 
 is both a final receiver and a relay never mixes the two: ``received/`` (whole and durable off
 the link) -> ``relaying/`` (verified, wrapped with our hop record, being sent) -> ``sent/``, and
 ``quarantine/`` for what it refuses. Audit events: ``received-on-link``, ``duplicate``,
-``quarantined``, ``relaying``, ``relayed`` (one per hop), ``resent``.
+``quarantined`` or ``replay``, ``verified`` (signature and hops checked, our hop record added:
+``relaying/``), ``relayed`` (one per hop, when handed to the next link), ``resent``.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ class RelayAgent:
                 return
             write_durably(work / META, meta.to_json())
             if known:
-                self._quarantine(work, meta, "replay", "message id was already relayed")
+                self._quarantine(work, meta, "replay", "message id was already relayed", "replay")
                 return
             self.ctx.record("received-on-link", meta, hop_from=previous)
             durable_rename(work, self.spool.entry("received", msg_id))
@@ -248,7 +249,7 @@ class RelayAgent:
         fsync_dir(entry)
         meta = meta.replace(extra={**meta.extra, "hops": hop_records.summary((*hops, record))})
         self.ctx.record(
-            "relaying", meta, hop_from=route[me - 1], hop_to=route[me + 1], hop_record=record["sig"]
+            "verified", meta, hop_from=route[me - 1], hop_to=route[me + 1], hop_record=record["sig"]
         )
         self.spool.write_meta("received", msg_id, meta)
         with self.lock:
@@ -343,14 +344,14 @@ class RelayAgent:
                     self.ctx.record("resent", meta, outcome="info", reason="link re-established")
 
     # -- refusals -----------------------------------------------------------------------
-    def _quarantine(self, work: Path, meta: MessageMeta, code: str, reason: str) -> None:
+    def _quarantine(
+        self, work: Path, meta: MessageMeta, code: str, reason: str, event: str = "quarantined"
+    ) -> None:
         qid = new_message_id()
         meta = meta.replace(
             reason_code=code, reason=reason, extra={**meta.extra, "claimed_id": meta.id}
         )
-        self.ctx.record(
-            "quarantined", meta, outcome="refused", reason=f"{code}: {reason}", quarantine=qid
-        )
+        self.ctx.record(event, meta, outcome="refused", reason=f"{code}: {reason}", quarantine=qid)
         replace_durably(work / META, meta.to_json())
         durable_rename(work, self.spool.entry("quarantine", qid))
         self.ctx.metrics.messages.labels(meta.flow, "relay", "refused").inc()
