@@ -86,7 +86,7 @@ class ReceiverAgent:
                 relay = cfg.peer(hop.gateway)
                 self.relay_keys[relay.name] = load_signing_public(relay.signing_key)
         #: hop summaries of verified relayed messages, until delivery writes them into meta
-        self._hops: dict[str, list[dict[str, str]]] = {}
+        self._hops: dict[str, str] = {}
         self.lock = threading.Lock()  # serialises moves into received/ against dedup checks
         self.directory = Directory.from_config(cfg)
         self.publication_key = (

@@ -315,7 +315,7 @@ class RelayAgent:
             meta,
             hop_from=route[me - 1],
             hop_to=route[me + 1],
-            hops=meta.extra.get("hops", []),
+            hops=meta.extra.get("hops", "[]"),
         )
         self.spool.write_meta("relaying", msg_id, meta)
         with self.lock:

@@ -141,7 +141,7 @@ def test_three_hop_report_no_plaintext_at_relay_every_hop_audited(
     delivered = [r for r in chain.audit(BUREAU) if r.get("event") == "delivered"]
     assert len(delivered) == len(expected)
     for rec in delivered:
-        hops = rec["hops"]
+        hops = json.loads(rec["hops"])
         assert [(h["gateway"], h["from"], h["to"]) for h in hops] == [(DISTRICT, JUDICIAL, BUREAU)]
     msg_id = delivered[0]["message"]["id"]
     relayed = [

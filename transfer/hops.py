@@ -230,9 +230,20 @@ def check_hops(
         prev = record_digest(record)
 
 
-def summary(hops: tuple[dict[str, Any], ...]) -> list[dict[str, str]]:
-    """What the audit log keeps of each hop: who, from where, to where, when, with which key."""
-    return [
-        {"gateway": h["gateway"], "from": h["from"], "to": h["to"], "at": h["at"], "key": h["key"]}
-        for h in hops
-    ]
+def summary(hops: tuple[dict[str, Any], ...]) -> str:
+    """What the audit log keeps of the hops, oldest first: who, from where, to where, when, with
+    which key, as one JSON text (audit fields are scalars, so the list travels as a string)."""
+    return json.dumps(
+        [
+            {
+                "gateway": h["gateway"],
+                "from": h["from"],
+                "to": h["to"],
+                "at": h["at"],
+                "key": h["key"],
+            }
+            for h in hops
+        ],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
