@@ -141,7 +141,7 @@ def test_three_hop_report_no_plaintext_at_relay_every_hop_audited(
     delivered = [r for r in chain.audit(BUREAU) if r.get("event") == "delivered"]
     assert len(delivered) == len(expected)
     for rec in delivered:
-        hops = json.loads(rec["hops"])
+        hops = json.loads(rec["extra"]["hops"])
         assert [(h["gateway"], h["from"], h["to"]) for h in hops] == [(DISTRICT, JUDICIAL, BUREAU)]
     msg_id = delivered[0]["message"]["id"]
     relayed = [
@@ -149,7 +149,7 @@ def test_three_hop_report_no_plaintext_at_relay_every_hop_audited(
         for r in chain.audit(DISTRICT)
         if r.get("event") == "relayed" and r["message"]["id"] == msg_id
     ]
-    assert len(relayed) == 1 and relayed[0]["hop_to"] == BUREAU
+    assert len(relayed) == 1 and relayed[0]["extra"]["hop_to"] == BUREAU
 
     logs = [str(chain.audit_log(g)) for g in (JUDICIAL, DISTRICT, BUREAU)]
     shown = zg("audit", "show", msg_id, *logs, "--json")
