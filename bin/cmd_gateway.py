@@ -84,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--agent",
         default="all",
-        choices=["all", "ingest", "sender", "receiver", "sftp"],
+        choices=["all", "ingest", "sender", "receiver", "sftp", "relay"],
         help="run one agent in the foreground (default: all, supervised)",
     )
     r.add_argument("-v", "--verbose", action="store_true", help="log each step")

@@ -28,10 +28,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..transfer import envelope as env
+from ..transfer import hops as hop_records
 from ..transfer.approvals import ApprovalRefused, Directory, Subject, Verified, check_approvals
 from ..transfer.durable import (
     durable_rename,
@@ -77,9 +79,15 @@ class ReceiverAgent:
         self.our_key_id = env.key_id(self.private_key.public_key())
         self.flows: dict[str, Flow] = {f.name: f for f in cfg.incoming_flows()}
         self.sender_keys: dict[str, Ed25519PublicKey] = {}
+        self.relay_keys: dict[str, Ed25519PublicKey] = {}
         for flow in self.flows.values():
             peer = cfg.peer(flow.sender)
             self.sender_keys[peer.name] = load_signing_public(peer.signing_key)
+            for hop in flow.via:  # relays sign hop records, never envelopes
+                relay = cfg.peer(hop.gateway)
+                self.relay_keys[relay.name] = load_signing_public(relay.signing_key)
+        #: hop summaries of verified relayed messages, until delivery writes them into meta
+        self._hops: dict[str, str] = {}
         self.lock = threading.Lock()  # serialises moves into received/ against dedup checks
         self.directory = Directory.from_config(cfg)
         self.publication_key = (
@@ -130,7 +138,9 @@ class ReceiverAgent:
     # -- link stage ---------------------------------------------------------------------
     def link_loop(self, flow: Flow) -> None:
         scratch = self.ctx.spool.dir("tmp/link")
-        link = open_receiver(flow, scratch, flow.policy.max_size + ENVELOPE_OVERHEAD)
+        # A relayed flow arrives from its last relay: the link is the one-hop flow into us.
+        hop = flow.link_into(self.ctx.config.name)
+        link = open_receiver(hop, scratch, flow.policy.max_size + ENVELOPE_OVERHEAD)
         self.ctx.metrics.link_up.labels(flow.name).set(1)
         try:
             while not self.ctx.stop.is_set():
@@ -266,8 +276,12 @@ class ReceiverAgent:
                 self._quarantine_received(msg_id, meta, r.code, r.reason, r.event)
             return
         meta = _meta_from_header(header, resent=meta.resent)
+        if header.message_id in self._hops:  # the delivered record lists every hop
+            meta = meta.replace(extra={"hops": self._hops.pop(header.message_id)})
         if approvals:
-            meta = meta.replace(extra={"approvers": [_approver(v) for v in approvals]})
+            meta = meta.replace(
+                extra={**meta.extra, "approvers": [_approver(v) for v in approvals]}
+            )
         self._sequence(flow, header.sequence, meta)
         self._deliver_plaintext(msg_id, meta, flow)
         self.ctx.metrics.observe_stage(flow.name, "deliver", started)
@@ -276,8 +290,11 @@ class ReceiverAgent:
         path = entry / ENVELOPE
         with open(path, "rb") as src:
             try:
+                hops, offset = hop_records.read_wrapper(src)
+                if hops and not flow.via:
+                    raise Refused("bad-hop", f"flow {flow.name!r} is not relayed here")
                 header, _length = env.read_header(src)
-            except env.EnvelopeError as e:
+            except (env.EnvelopeError, hop_records.HopError) as e:
                 raise Refused(e.reason, e.detail) from None
             if header.message_id != meta.id:
                 raise Refused("malformed", "the envelope's id differs from its link transfer id")
@@ -295,12 +312,14 @@ class ReceiverAgent:
                     f"{header.size} bytes is outside this side's limits "
                     f"{flow.policy.min_size}..{flow.policy.max_size}",
                 )
+            if flow.via:
+                self._check_hops(src, flow, header, hops, offset)
             inbox_tmp, _new = inbox_dirs(self.ctx.config.inbox, flow.name)
             part = inbox_tmp / f"{header.message_id}.part"
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
             try:
-                src.seek(0)
+                src.seek(offset)
                 with open_exclusive(part) as dst:
                     env.open_envelope(src, dst, self.private_key, self._sender_key)
                     dst.flush()
@@ -313,8 +332,30 @@ class ReceiverAgent:
                 with contextlib.suppress(FileNotFoundError):
                     part.unlink()
                 raise
-        self.ctx.record("verified", _meta_from_header(header, resent=meta.resent))
+        verified = _meta_from_header(header, resent=meta.resent)
+        if flow.via:
+            self.ctx.record("verified", verified, hops=hop_records.summary(hops))
+            self._hops[header.message_id] = hop_records.summary(hops)
+        else:
+            self.ctx.record("verified", verified)
         return header
+
+    def _check_hops(
+        self, src: BinaryIO, flow: Flow, header: env.Header, hops: tuple, offset: int
+    ) -> None:
+        """Every relay of the configured route signed a hop record for exactly this envelope,
+        in order (docs/relay.md). The originator's own signature is checked by open_envelope."""
+        try:
+            digest = hop_records.envelope_digest(src, offset)
+            hop_records.check_hops(hops, header, digest, flow.route, self._relay_key)
+        except hop_records.HopError as e:
+            raise Refused(e.reason, e.detail) from None
+
+    def _relay_key(self, relay: str, key: str) -> Ed25519PublicKey | None:
+        public = self.relay_keys.get(relay)
+        if public is None or not hmac.compare_digest(env.key_id(public), key):
+            return None
+        return public
 
     def _check_approvals(self, flow: Flow, header: env.Header) -> tuple[Verified, ...]:
         """The flow's approvals, verified against our own officers; each one is audited.
@@ -389,7 +430,9 @@ class ReceiverAgent:
             target = Path(meta.extra["delivering_to"])
             part = target.parent.parent / "tmp" / f"{msg_id}.part"
             if part.exists():
-                self.ctx.record("delivered", meta, path=target.name)
+                hops = meta.extra.get("hops")
+                extra = {"hops": hops} if hops else {}
+                self.ctx.record("delivered", meta, path=target.name, **extra)
                 target = _link_no_clobber(part, target, msg_id)
                 part.unlink()
                 fsync_dir(target.parent)

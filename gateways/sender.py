@@ -81,7 +81,9 @@ class SenderAgent:
         self._last_prune = 0.0
         for flow in cfg.outgoing_flows():
             peer = cfg.peer(flow.receiver)
-            link = open_sender(flow)
+            # A relayed flow leaves over the link into its first relay; sealing is still for
+            # the final receiver (flow.receiver), whom only that gateway's key opens.
+            link = open_sender(flow.link_from(cfg.name))
             state = _FlowLink(flow, link, load_encryption_public(peer.encryption_key))
             state.seq = self._load_seq(flow.name)
             self.links[flow.name] = state

@@ -31,6 +31,8 @@ def agents_for(config: GatewayConfig) -> list[str]:
             agents.append("sftp")
     if config.incoming_flows():
         agents.append("receiver")
+    if config.relayed_flows():
+        agents.append("relay")
     return agents
 
 
@@ -39,6 +41,7 @@ def run_agent(config: GatewayConfig, agent: str) -> int:
     from .agent import AgentContext
     from .ingest import IngestAgent
     from .receiver import ReceiverAgent
+    from .relay import RelayAgent
     from .sender import SenderAgent
     from .sftp import SftpAgent
 
@@ -51,6 +54,7 @@ def run_agent(config: GatewayConfig, agent: str) -> int:
         "sender": SenderAgent,
         "receiver": ReceiverAgent,
         "sftp": SftpAgent,
+        "relay": RelayAgent,
     }
     kinds[agent](ctx).run()  # type: ignore[abstract]
     ctx.final_checkpoint()

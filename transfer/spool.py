@@ -31,6 +31,7 @@ STATES: tuple[str, ...] = (
     "review",
     "ready",
     "active",
+    "relaying",
     "sent",
     "received",
     "delivered",

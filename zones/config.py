@@ -24,7 +24,7 @@ import ipaddress
 import re
 import stat
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from fractions import Fraction
 from pathlib import Path
@@ -51,6 +51,7 @@ __all__ = [
     "ConfigError",
     "Flow",
     "GatewayConfig",
+    "Hop",
     "Metrics",
     "Peer",
     "Person",
@@ -268,8 +269,25 @@ class Approval:
 
 
 @dataclass(frozen=True)
+class Hop:
+    """A relay gateway on a flow's route and the link *into* it (the one it receives on).
+
+    Why the link is named by its receiving end: every link of a relayed route then has exactly
+    one owner that binds or reads it, and the flow's own `transport` stays what it always was,
+    the link into the final receiver.
+    """
+
+    gateway: str
+    transport: Transport
+
+
+@dataclass(frozen=True)
 class Flow:
-    """One named one-way route; `source`/`destination` are the YAML's `from`/`to` zones."""
+    """One named one-way route; `source`/`destination` are the YAML's `from`/`to` zones.
+
+    A flow with `via` is relayed: the sender seals for the final `receiver`, each `via` gateway
+    forwards it store-and-forward and adds a signed hop record (docs/relay.md).
+    """
 
     name: str
     source: str
@@ -285,6 +303,33 @@ class Flow:
     approval: Approval = Approval()
     #: the receiver writes a signed manifest beside each delivered file (signed publication)
     signed_delivery: bool = False
+    #: relay gateways between sender and receiver, in order (empty: a direct link)
+    via: tuple[Hop, ...] = ()
+
+    @property
+    def route(self) -> tuple[str, ...]:
+        """Every gateway the message passes, originator first, final receiver last."""
+        return (self.sender, *(hop.gateway for hop in self.via), self.receiver)
+
+    def link_into(self, gateway: str) -> Flow:
+        """The one-hop flow that `gateway` receives on: previous hop as sender, `gateway` as
+        receiver, the link into it as transport. Transports only ever see a one-hop flow."""
+        route = self.route
+        index = route.index(gateway)
+        if index == 0:
+            raise ValueError(f"{gateway} originates flow {self.name}; it receives nothing on it")
+        transports = (*(hop.transport for hop in self.via), self.transport)
+        return replace(
+            self, sender=route[index - 1], receiver=gateway, transport=transports[index - 1], via=()
+        )
+
+    def link_from(self, gateway: str) -> Flow:
+        """The one-hop flow that `gateway` sends on (to the next gateway of the route)."""
+        route = self.route
+        index = route.index(gateway)
+        if index == len(route) - 1:
+            raise ValueError(f"{gateway} is the final receiver of flow {self.name}")
+        return self.link_into(route[index + 1])
 
 
 @dataclass(frozen=True)
@@ -295,6 +340,7 @@ class Metrics:
     sender: Address | None = None
     receiver: Address | None = None
     sftp: Address | None = None
+    relay: Address | None = None
 
 
 @dataclass(frozen=True)
@@ -382,6 +428,12 @@ class GatewayConfig:
     def incoming_flows(self) -> tuple[Flow, ...]:
         """Flows this gateway receives on (its receiver agent serves these)."""
         return tuple(flow for flow in self.flows if flow.receiver == self.name)
+
+    def relayed_flows(self) -> tuple[Flow, ...]:
+        """Flows this gateway relays (its relay agent serves these)."""
+        return tuple(
+            flow for flow in self.flows if any(hop.gateway == self.name for hop in flow.via)
+        )
 
 
 #: Public key types an SFTP account may authenticate with (no DSA, no certificates).
@@ -838,7 +890,7 @@ class _Reader:
         return Audit(**read)
 
     def metrics(self, value: object, path: YamlPath) -> Metrics:
-        raw = self.mapping(value, path, (), ("ingest", "sender", "receiver", "sftp"))
+        raw = self.mapping(value, path, (), ("ingest", "sender", "receiver", "sftp", "relay"))
         return Metrics(**self.fields(raw, path, dict.fromkeys(raw, self.address)))
 
     def fraction(self, value: object, path: YamlPath, low: float, high: float) -> float:
@@ -1148,6 +1200,20 @@ class _Reader:
             raise self.at_value((*path, "login_timeout"), "a login timeout must be above 0")
         return SftpServer(**read)
 
+    def via(self, value: object, path: YamlPath) -> tuple[Hop, ...]:
+        """Relay hops: each a gateway and the link into it; at most 15 (the hop list's room)."""
+        items = self.sequence(value, path)
+        if len(items) > 15:
+            raise self.at_value(path, f"{len(items)} relay hops; at most 15 are allowed")
+        hops = []
+        for index, item in enumerate(items):
+            raw = self.mapping(item, (*path, index), ("gateway", "transport"))
+            read = self.fields(
+                raw, (*path, index), {"gateway": self.name, "transport": self.transport}
+            )
+            hops.append(Hop(**read))
+        return tuple(hops)
+
     def flows(self, value: object, path: YamlPath) -> tuple[Flow, ...]:
         parsed = []
         readers = {
@@ -1162,6 +1228,7 @@ class _Reader:
             "sent_retention": self.duration,
             "approval": self.approval,
             "signed_delivery": self.boolean,
+            "via": self.via,
         }
         for index, item in enumerate(self.sequence(value, path)):
             item_path = (*path, index)
@@ -1169,7 +1236,7 @@ class _Reader:
                 item,
                 item_path,
                 ("name", "from", "to", "sender", "receiver", "transport"),
-                ("policy", "resend_window", "sent_retention", "approval", "signed_delivery"),
+                ("policy", "resend_window", "sent_retention", "approval", "signed_delivery", "via"),
             )
             defaults = {
                 "policy": Policy(),
@@ -1177,6 +1244,7 @@ class _Reader:
                 "sent_retention": DEFAULT_SENT_RETENTION,
                 "approval": Approval(),
                 "signed_delivery": False,
+                "via": (),
             }
             parsed.append(defaults | self.fields(raw, item_path, readers))
         self.unique(parsed, path, "flow")
@@ -1193,6 +1261,7 @@ class _Reader:
                 sent_retention=flow["sent_retention"],
                 approval=flow["approval"],
                 signed_delivery=flow["signed_delivery"],
+                via=flow["via"],
             )
             for flow in parsed
         )
@@ -1267,14 +1336,33 @@ def _cross_check(reader: _Reader, config: GatewayConfig) -> None:
                         f"but {zone_key} is {zone!r}",
                     )
                 )
+        relays = [hop.gateway for hop in flow.via]
+        for position, relay in enumerate(relays):
+            relay_path = (*flow_path, "via", position, "gateway")
+            if relay not in gateway_zones:
+                errors.append(
+                    reader.at_value(
+                        relay_path,
+                        f"unknown relay gateway {relay!r} (expected this gateway "
+                        f"{config.name!r} or a peer: {peer_list})",
+                    )
+                )
+            elif relay in (flow.sender, flow.receiver) or relay in relays[:position]:
+                errors.append(
+                    reader.at_value(
+                        relay_path,
+                        f"relay {relay!r} is already on the route of flow {flow.name!r} "
+                        f"(a route visits each gateway once)",
+                    )
+                )
         # Only when both are known: an unknown sender is usually a typo of this gateway's name.
         known = flow.sender in gateway_zones and flow.receiver in gateway_zones
-        if known and config.name not in (flow.sender, flow.receiver):
+        if known and config.name not in (flow.sender, flow.receiver, *relays):
             errors.append(
                 reader.at_key(
                     flow_path,
-                    f"this gateway ({config.name}) is neither sender nor receiver of "
-                    f"flow {flow.name!r}",
+                    f"this gateway ({config.name}) is neither sender nor receiver"
+                    f"{' nor relay' if relays else ''} of flow {flow.name!r}",
                 )
             )
     _check_approvals(reader, config, errors)
