@@ -12,6 +12,7 @@ import statistics
 import time
 from pathlib import Path
 
+import pytest
 from harness import GatewayPair, wait_for
 
 from zonegate.audit.verify import verify
@@ -31,6 +32,7 @@ def _sample(pid: int) -> tuple[float, int]:
     return rss_kib / 1024, len(os.listdir(f"/proc/{pid}/fd"))
 
 
+@pytest.mark.timeout(SECONDS + 900)
 def test_soak_memory_and_descriptors_do_not_grow(tmp_path: Path) -> None:
     pair = GatewayPair(tmp_path, limit=LIMIT)
     rng = random.Random(9)
