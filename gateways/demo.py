@@ -84,8 +84,16 @@ def _gateway_config(
     port: int,
     limit: int,
     transport: dict | None = None,
+    curve: bool = False,
 ) -> dict:
     sender = name == "internet-gw"
+    link = {"kind": "zmq", "endpoint": f"tcp://127.0.0.1:{port}"}
+    if curve:
+        # CurveZMQ: the link is encrypted and only the peer's key gets in
+        link |= {
+            "curve_key": f"../keys/{name}.curve.key",
+            "peer_curve_key": f"../keys/{peer}.curve.pub",
+        }
     return {
         "version": 1,
         "gateway": {"name": name, "zone": zone, "node": "municipal-bureau"},
@@ -124,7 +132,7 @@ def _gateway_config(
                 "to": "internal",
                 "sender": "internet-gw",
                 "receiver": "internal-gw",
-                "transport": transport or {"kind": "zmq", "endpoint": f"tcp://127.0.0.1:{port}"},
+                "transport": transport or link,
                 "policy": {"min_size": 0, "max_size": limit},
             }
         ],
@@ -140,10 +148,12 @@ def write_gateway_pair(
     publish: bool = False,
     publish_port: int | None = None,
     review_expires: str = "1h",
+    curve: bool = False,
 ) -> dict[str, Path]:
     """Keys and configs of the two demo gateways under `root`; returns name -> config path.
 
     `transports` maps a gateway name to its flow's transport mapping (default: zmq on loopback).
+    With `curve`, the import link is CurveZMQ-encrypted with the gateways' Curve keys.
     With `publish`, both also get the demo people (keys under `root/people`) and the `publish`
     flow (internal -> internet, two officers' approvals, signed delivery); see demo_publish.py.
     """
@@ -163,7 +173,7 @@ def write_gateway_pair(
         d = root / name
         d.mkdir()
         cfg = _gateway_config(
-            name, zone, peer, peer_zone, port, limit, (transports or {}).get(name)
+            name, zone, peer, peer_zone, port, limit, (transports or {}).get(name), curve
         )
         if publish:
             add_publish_flow(cfg, name, publish_port or 0, limit, review_expires)
@@ -226,7 +236,7 @@ def run_demo(
         limit = FILES_LIMIT if files else SAMPLE_LIMIT
         _say(quiet, "zonegate demo: internet zone -> internal zone, flow 'import'")
         _say(quiet, f"  workdir: {root}{'' if keep else ' (temporary, removed at the end)'}")
-        configs = write_gateway_pair(root, limit, publish=not files)
+        configs = write_gateway_pair(root, limit, publish=not files, curve=True)
         for name in ("internal-gw", "internet-gw"):
             log = open(root / name / "gateway.log", "ab")  # noqa: SIM115 - child keeps it
             procs.append(

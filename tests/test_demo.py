@@ -76,6 +76,8 @@ def test_demo_json_delivers_a_users_files_byte_identical(tmp_path: Path) -> None
         delivered = Path(d["path"])
         assert delivered.read_bytes() == source.read_bytes()
         assert delivered.name == source.name
+    for cfg in summary["configs"]:  # the demo's link is CurveZMQ-encrypted
+        assert "curve_key:" in Path(cfg).read_text()
     for log in summary["audit_logs"]:
         v = zg("audit", "verify", log)
         assert v.returncode == 0, v.stderr
