@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fuzz"))
 import targets
 
-FUZZ_SECONDS = 10
+FUZZ_SECONDS = 6
 RUNNER = Path(__file__).resolve().parent / "fuzz" / "run.py"
 
 

@@ -32,6 +32,7 @@ def _sample(pid: int) -> tuple[float, int]:
     return rss_kib / 1024, len(os.listdir(f"/proc/{pid}/fd"))
 
 
+@pytest.mark.soak
 @pytest.mark.timeout(SECONDS + 900)
 def test_soak_memory_and_descriptors_do_not_grow(tmp_path: Path) -> None:
     pair = GatewayPair(tmp_path, limit=LIMIT)
