@@ -7,12 +7,13 @@ a message that the record would not show.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -180,6 +181,38 @@ class AgentContext:
             self._checkpoint_thread.join(timeout=60)
         if not self.failed:
             self.checkpoint()
+
+    def run_stages(self, stages: list[tuple[str, Callable[[], None]]]) -> None:
+        """Run an agent's stages as threads until they end; the first to fail stops them all.
+
+        A stage that hits the unwritable audit log, or fails in any other way, sets `stop` so
+        the others finish their current step and return: the agent never runs half-alive.
+        """
+
+        def guarded(fn: Callable[[], None]) -> Callable[[], None]:
+            def run() -> None:
+                try:
+                    fn()
+                except FailClosed:
+                    self.stop.set()
+                except BaseException:
+                    log.exception("%s failed; stopping the agent", threading.current_thread().name)
+                    self.stop.set()
+                    raise
+
+            return run
+
+        threads = [threading.Thread(target=guarded(fn), name=name) for name, fn in stages]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def record_stopped(self) -> None:
+        """The agent-stopped record, unless the audit log is what stopped us."""
+        if not self.failed:
+            with contextlib.suppress(FailClosed):
+                self.record("agent-stopped", outcome="info")
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, frame: object) -> None:

@@ -26,7 +26,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -103,31 +103,9 @@ class ReceiverAgent:
     def run(self) -> None:
         self.ctx.record("agent-started", outcome="info")
         self._discard_partial_transfers()
-        threads = [
-            threading.Thread(target=self._guard(self.link_loop, f), name=f"link-{f.name}")
-            for f in self.flows.values()
-        ]
-        threads.append(threading.Thread(target=self._guard(self.deliver_loop), name="deliver"))
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if not self.ctx.failed:
-            with contextlib.suppress(FailClosed):
-                self.ctx.record("agent-stopped", outcome="info")
-
-    def _guard(self, fn: Callable[..., None], *args: object) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                fn(*args)
-            except FailClosed:
-                self.ctx.stop.set()
-            except BaseException:
-                log.exception("%s failed; stopping the agent", threading.current_thread().name)
-                self.ctx.stop.set()
-                raise
-
-        return run
+        stages = [(f"link-{f.name}", partial(self.link_loop, f)) for f in self.flows.values()]
+        self.ctx.run_stages([*stages, ("deliver", self.deliver_loop)])
+        self.ctx.record_stopped()
 
     def _discard_partial_transfers(self) -> None:
         scratch = self.ctx.spool.dir("tmp/link")

@@ -24,6 +24,7 @@ import shutil
 import threading
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -91,33 +92,11 @@ class RelayAgent:
             with contextlib.suppress(Exception):
                 meta = self.spool.read_meta("relaying", msg_id)
                 self.spool.write_meta("relaying", msg_id, meta.replace(resent=1))
-        threads = [
-            threading.Thread(target=self._guard(self.link_loop, f), name=f"relay-in-{f.name}")
-            for f in self.flows.values()
-        ]
-        threads.append(threading.Thread(target=self._guard(self.forward_loop), name="forward"))
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        stages = [(f"relay-in-{f.name}", partial(self.link_loop, f)) for f in self.flows.values()]
+        self.ctx.run_stages([*stages, ("forward", self.forward_loop)])
         for link in self.links.values():
             link.close()
-        if not self.ctx.failed:
-            with contextlib.suppress(FailClosed):
-                self.ctx.record("agent-stopped", outcome="info")
-
-    def _guard(self, fn: Callable[..., None], *args: object) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                fn(*args)
-            except FailClosed:
-                self.ctx.stop.set()
-            except BaseException:
-                log.exception("%s failed; stopping the agent", threading.current_thread().name)
-                self.ctx.stop.set()
-                raise
-
-        return run
+        self.ctx.record_stopped()
 
     # -- inbound: the link into us ------------------------------------------------------
     def link_loop(self, flow: Flow) -> None:

@@ -89,7 +89,7 @@ class GatewayPair:
     def kill(self, agent: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs[agent]
         proc.send_signal(sig)
-        proc.wait(30)
+        proc.wait(90)  # a graceful stop writes a final audit checkpoint; slow on a loaded box
 
     def stop(self) -> None:
         for proc in self.procs.values():
