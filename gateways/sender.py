@@ -76,7 +76,8 @@ class SenderAgent:
         self.signing_key: Ed25519PrivateKey = load_signing_private(cfg.signing_key)
         self.directory = Directory.from_config(cfg)
         self.links: dict[str, _FlowLink] = {}
-        #: envelopes this process sealed; any other one is checked before it goes out
+        #: envelopes in active/ that this process sealed; any other one (in active/ after a restart,
+        #: or re-sent from sent/) is checked against our signature before it goes out
         self._sealed_here: set[str] = set()
         self._last_prune = 0.0
         for flow in cfg.outgoing_flows():
@@ -358,6 +359,7 @@ class SenderAgent:
         self.ctx.record("resent" if resend else "sent", meta)
         spool.write_meta("active", msg_id, meta)
         spool.move(msg_id, "active", "sent")
+        self._sealed_here.discard(msg_id)  # only active/ needs it; the set must not grow
         size = (spool.entry("sent", msg_id) / ENVELOPE).stat().st_size
         state.remember(msg_id, size)
         self.ctx.metrics.messages.labels(meta.flow, "send", "resent" if resend else "sent").inc()
