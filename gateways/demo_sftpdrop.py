@@ -418,10 +418,15 @@ class _DropBox(asyncssh.SFTPServer):
         raise _denied("a drop point lists nothing")
         yield  # pragma: no cover - makes this an async generator
 
+    def fsetstat(self, file_obj: object, attrs: asyncssh.SFTPAttrs) -> None:
+        """Accepted and ignored (OpenSSH's `put` sets the mode of what it uploads): every
+        dropped file is 0600, owned by the drop point, whatever the client asks."""
+        return None
+
     def setstat(self, *args: Any) -> None:
         raise _denied("attributes cannot be changed")
 
-    lsetstat = fsetstat = setstat
+    lsetstat = setstat
 
     def mkdir(self, *args: Any) -> None:
         raise _denied("directories cannot be made")
