@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .common import EXIT_FAIL, EXIT_OK, CliError
 
+#: the kinds of link (gateways.demo_links.KINDS; not imported here, to keep `--help` quick)
 TRANSPORTS = ("zmq", "udp", "ferry", "sftp")
 
 

@@ -70,8 +70,14 @@ class _Process:
 
 
 class _Processes:
-    """The demo's children, each in its own session; stopped by a signal to the process itself
-    (a gateway's supervisor passes it on to its agents once), killed only if it will not stop."""
+    """The demo's children, each in its own session, so a Ctrl-C reaches only the demo, which
+    then stops them itself.
+
+    Stopped by one SIGTERM to the process itself, never to its process group: the supervisor
+    passes it on to each agent once, and an agent that gets a second SIGTERM while its handler
+    is still in `Event.set()` (the group's signal, then the supervisor's) deadlocks on the
+    event's lock until the supervisor kills it 15 s later, without its final signed checkpoint.
+    The group is killed only if a process will not stop within STOP_WAIT."""
 
     def __init__(self) -> None:
         self.running: list[_Process] = []
@@ -154,7 +160,10 @@ def _prepare_root(workdir: Path | None) -> tuple[Path, bool]:
         raise DemoError(
             f"{root} is not an empty directory; give a new or empty one to --workdir", 2
         )
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DemoError(f"cannot make the workdir {root}: {e.strerror}", 2) from None
     return root, keep
 
 
@@ -376,6 +385,8 @@ def run_demo(
         summary["topology"] = str(topology)
         summary["elapsed_seconds"] = round(time.monotonic() - started, 1)
         summary["result"] = result_line(summary)
+        first = ("ok", "result", "transport", "elapsed_seconds", "workdir", "kept", "topology")
+        summary = {k: summary[k] for k in first} | summary
         print_summary(summary, json_output)
         return summary
     finally:
@@ -430,7 +441,7 @@ def _wait_all(run: _Run) -> None:
                 f"timed out with {delivered + refused} of {total} files accounted for "
                 f"({', '.join(parts)}); see {run.root}/*/gateway.log"
             )
-        time.sleep(0.05)
+        time.sleep(0.1)
     progress.done()
 
 

@@ -193,6 +193,8 @@ def _hop_copy(root: Path, flow: DemoFlow, msg_id: str) -> dict[str, Any]:
     result: dict[str, Any] = {"source": str(path), "records": [], "verified": False}
 
     def key(gateway: str, key_id: str) -> Any:
+        if gateway not in flow.route:  # a name from the file: never a path we did not choose
+            return None
         public = load_signing_public(root / "keys" / f"{gateway}.sign.pub")
         return public if env.key_id(public) == key_id else None
 
