@@ -397,15 +397,13 @@ def run_demo(
 
 def _print_start(run: _Run) -> None:
     kind = {
-        "zmq": "zmq (CurveZMQ)",
-        "udp": "udp (one-way, RaptorQ FEC)",
-        "ferry": "ferry directories",
-        "sftp": "sftp push to drop points",
+        "zmq": "zmq, CurveZMQ over loopback TCP",
+        "udp": "udp, one-way datagrams with RaptorQ FEC",
+        "ferry": "ferry, a directory the receiver only reads",
+        "sftp": "sftp, a push to the receiving site's drop point",
     }
     say = partial(_say, run.quiet)
-    say(
-        f"zonegate demo: the bureau's three zones and three tiers, every link {kind[run.transport]}"
-    )
+    say(f"zonegate demo: the bureau's three zones and tiers; every link: {kind[run.transport]}")
     say(f"  workdir: {run.root}{'' if run.keep else ' (temporary, removed at the end)'}")
     say("  gateways, each its own process:")
     for g in run.gateways:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -350,3 +351,55 @@ def test_readme_first_command_works_on_a_fresh_clone(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "Result: OK" in r.stdout
     assert (clone / ".venv" / "bin" / "zonegate").exists()
+
+
+def test_the_demos_checks_catch_what_went_wrong(tmp_path: Path) -> None:
+    """The summary's checks, run again on a kept workdir after damage, each say so: a delivery
+    that is not what was sent, a forged or missing hop record, an edited audit log, plaintext
+    at a relay."""
+    from zonegate.gateways import demo_summary as check
+    from zonegate.gateways.demo_network import demo_network
+
+    work = tmp_path / "work"
+    r = zg("demo", "--json", "--workdir", str(work), timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = json.loads(r.stdout)
+    network = demo_network(TOPOLOGY)
+    report, dispatch = network.flow("report"), network.flow("dispatch")
+    samples = sorted((work / "samples" / "report").iterdir())
+    assert check.flow_results(work, report, samples, {})["ok"] is True
+
+    first = summary["flows"]["report"]["delivered"][0]
+    with open(first["path"], "ab") as f:
+        f.write(b"!")
+    damaged = check.flow_results(work, report, samples, {})
+    assert damaged["ok"] is False
+    assert [d["identical"] for d in damaged["delivered"] if d["name"] == first["name"]] == [False]
+
+    one = summary["flows"]["dispatch"]["delivered"][0]
+    assert check.trail(work, network, dispatch, one)["complete"] is True
+    # the wrapper the last relay sent on: change one hex digit of a hop record's signature
+    copy = work / dispatch.relays[-1] / "spool" / "relay" / "sent" / one["message_id"] / "forward"
+    data = bytearray(copy.read_bytes())
+    sig = data.index(b'"sig":"') + len(b'"sig":"')
+    data[sig] = ord("0") if data[sig] != ord("0") else ord("1")
+    copy.write_bytes(bytes(data))
+    forged = check.trail(work, network, dispatch, one)
+    assert forged["complete"] is False and "hop records: bad-hop" in " ".join(forged["problems"])
+    shutil.rmtree(copy.parent)
+    gone = check.trail(work, network, dispatch, one)
+    assert gone["complete"] is False and "no longer keeps" in " ".join(gone["problems"])
+
+    log = work / report.relays[0] / "audit" / "audit.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    edited = next(i for i, line in enumerate(lines) if '"outcome":"ok"' in line)
+    lines[edited] = lines[edited].replace('"outcome":"ok"', '"outcome":"info"', 1)
+    log.write_text("".join(lines))
+    audits = {a["gateway"]: a for a in check.audit_results(work, network)}
+    assert audits[report.relays[0]]["ok"] is False and audits[report.relays[0]]["problem"]
+    assert all(a["ok"] for g, a in audits.items() if g != report.relays[0])
+
+    assert check.plaintext_at_relays(work, report, samples, [])["ok"] is True
+    shutil.copy(samples[0], work / report.relays[-1] / "left-behind")
+    leak = check.plaintext_at_relays(work, report, samples, [])
+    assert leak["ok"] is False and leak["found"] == [str(work / report.relays[-1] / "left-behind")]
