@@ -249,9 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _print_profiles(profiles: dict[str, Any]) -> None:
     say(f"profiles (speedscope, open in https://www.speedscope.app): {profiles['directory']}")
-    for label, frames in profiles["top_self"].items():
-        say(f"  {label}: most samples in")
-        for f in frames[:5]:
+    for label, prof in profiles["top_self"].items():
+        waiting = 100 * prof["waiting_share"]
+        say(f"  {label}: {prof['sampled']:.1f} s sampled, {waiting:.0f}% waiting; busy in")
+        for f in prof["top"][:6]:
             say(f"    {100 * f['share']:5.1f}%  {f['function']}  {f['where']}")
     for problem in profiles["problems"]:
         say(f"  profile problem: {problem}")

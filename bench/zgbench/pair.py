@@ -274,11 +274,15 @@ class Pair:
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 60
         for agent, proc in self.procs.items():
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                print(f"  {agent} did not stop within 60s of SIGTERM; killing it", file=sys.stderr)
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.send_signal(signal.SIGTERM)  # again: one sent mid-startup can be lost
+            if proc.poll() is None:
+                say(f"  {agent} did not stop within 60s of SIGTERM; killing it")
                 proc.kill()
                 proc.wait()
         if self.profiler is not None:

@@ -44,7 +44,9 @@ class Profiler:
     def attach(self, label: str, pid: int) -> None:
         out = self.directory / f"{label}.speedscope.json"
         log = self.directory / f"{label}.py-spy.log"
-        cmd = [self.exe, "record", "--pid", str(pid), "--rate", str(self.rate)]
+        # --nonblocking: read the interpreter's memory without ptrace-stopping it, so the agent
+        # runs at (almost) full speed and a SIGTERM reaches it (a stopped tracee can lose one)
+        cmd = [self.exe, "record", "--pid", str(pid), "--rate", str(self.rate), "--nonblocking"]
         cmd += ["--format", "speedscope", "--output", str(out)]
         with open(log, "wb") as f:
             proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
@@ -67,7 +69,7 @@ class Profiler:
                 self.problems.append(f"py-spy wrote no profile for {label} (see {out}.log)")
         self.running.clear()
 
-    def summary(self, top: int = 8) -> dict[str, Any]:
+    def summary(self, top: int = 10) -> dict[str, Any]:
         return {
             "directory": str(self.directory),
             "files": {k: str(v) for k, v in self.written.items()},
@@ -76,27 +78,43 @@ class Profiler:
         }
 
 
-def top_frames(path: Path, top: int = 8) -> list[dict[str, Any]]:
-    """The frames with the most self samples in a speedscope file (all threads together).
+#: Leaf frames that are a thread waiting for work, not doing it (py-spy's idle detection misses
+#: some of them): counted apart, so the top of the list is where the work goes.
+WAITING = frozenset(
+    {
+        "Condition.wait", "Event.wait", "Thread.join", "Thread._wait_for_tstate_lock",
+        "_PollLikeSelector.select", "EpollSelector.select", "Poller.poll", "select", "poll",
+        "sleep", "AgentContext.sleep",
+    }
+)  # fmt: skip
 
-    A stack's last frame is where the time went; idle threads waiting in the kernel are not
-    sampled by py-spy unless --idle, so what remains is work.
+
+def top_frames(path: Path, top: int = 8) -> dict[str, Any]:
+    """The leaf frames with the most samples in a speedscope file, all threads together.
+
+    A stack's last frame is where the time went. Threads blocked waiting (`WAITING`) are
+    summed as `waiting`; the rest are listed by their share of all samples. `sampled` is the
+    samples' total weight (py-spy weighs them in seconds).
     """
     doc = json.loads(Path(path).read_text())
     frames = doc.get("shared", {}).get("frames", [])
     counts: Counter[int] = Counter()
-    total = 0
+    total = waiting = 0
     for prof in doc.get("profiles", []):
-        weights = prof.get("weights") or [1] * len(prof.get("samples", []))
-        for stack, weight in zip(prof.get("samples", []), weights, strict=False):
+        samples = prof.get("samples", [])
+        weights = prof.get("weights") or [1] * len(samples)
+        for stack, weight in zip(samples, weights, strict=False):
             total += weight
-            if stack:
+            if not stack:
+                continue
+            leaf = frames[stack[-1]] if 0 <= stack[-1] < len(frames) else {}
+            if leaf.get("name") in WAITING:
+                waiting += weight
+            else:
                 counts[stack[-1]] += weight
-    out = []
+    busy = []
     for index, n in counts.most_common(top):
         frame = frames[index] if 0 <= index < len(frames) else {}
         where = f"{frame.get('file', '?')}:{frame.get('line', '?')}"
-        out.append(
-            {"function": frame.get("name", "?"), "where": where, "share": round(n / total, 3)}
-        )
-    return out
+        busy.append({"function": frame.get("name", "?"), "where": where, "share": n / total})
+    return {"sampled": total, "waiting_share": waiting / total if total else 0.0, "top": busy}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from zonegate.transfer.durable import fsync_dir
 
-from .baselines import durable_creates
+from .baselines import CreateBaseline, durable_creates
 from .context import Context, MiB
 from .latency import delivery_latencies, percentile
 from .pair import FLOW, BenchError, Pair, running
@@ -85,9 +85,13 @@ def feed_paced(pair: Pair, names: list[str], rate: float) -> dict[str, float]:
 def run_small(ctx: Context) -> list[Result]:
     n = ctx.small_files
     work = ctx.folder("small")
-    say(f"small: baseline ({BASELINE_CREATES} single durable 1 KiB creates, same disk)")
-    base = durable_creates(work / "baseline", BASELINE_CREATES)
-    say(f"  baseline {base.rate:.0f} creates/s")
+
+    def baseline(when: str) -> CreateBaseline:
+        b = durable_creates(work / "baseline", BASELINE_CREATES)
+        say(f"  baseline {when}: {BASELINE_CREATES} single durable 1 KiB creates, {b.rate:.0f}/s")
+        return b
+
+    before = baseline("before")
     pair = Pair(work / "pair", 64 * MiB, ctx.profiler)
     paced: dict[str, float] = {}
     paced_error = None
@@ -114,6 +118,8 @@ def run_small(ctx: Context) -> list[Result]:
         except BenchError as e:
             paced_error = str(e)
         paced_seal = pair.stage_seconds("sender", "seal")
+    after = baseline("after")
+    base = CreateBaseline((before.rate + after.rate) / 2, [*before.latencies, *after.latencies])
     records = pair.audit_records()
     delivered = sorted(os.listdir(pair.inbox_new))
     expected = sorted([*flood, *paced])
@@ -132,6 +138,7 @@ def run_small(ctx: Context) -> list[Result]:
     details: dict = {
         "flood_files": n,
         "baseline_creates": BASELINE_CREATES,
+        "baseline_rate": {"before": round(before.rate, 1), "after": round(after.rate, 1)},
         "flood_stages": shares.to_json(),
         "log_problems": pair.log_problems()[:50],
     }

@@ -25,7 +25,7 @@ def stage_results(shares: StageShares, what: str, prefix: str = "") -> list[Resu
         if shares.notes:
             reason += ": " + "; ".join(shares.notes)
         return [failed(n, reason, "%") for n in names]
-    baseline = f"{what} end to end ({shares.end_to_end:.3g} s summed)"
+    baseline = f"{what}: end-to-end time"
     rows = [measured(n, pct[s], "%", baseline, 100.0) for n, s in zip(names, STAGES, strict=False)]
     slowest = shares.slowest()
     assert slowest is not None

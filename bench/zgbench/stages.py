@@ -59,9 +59,12 @@ _ENDS = {
     "open": "verified",
     "deliver": "delivered",
 }
-TIMELINE_EVENTS = frozenset(
-    ("claimed", "checked", "accepted", "sealed", "sent", "received-on-link", "verified")
-) | {"delivered"}
+#: every record of a message's way, in the order they are written
+EVENT_ORDER = (
+    "claimed", "checked", "accepted", "sealed", "sent", "received-on-link", "verified",
+    "delivered",
+)  # fmt: skip
+TIMELINE_EVENTS = frozenset(EVENT_ORDER)
 
 
 def parse_time(text: object) -> float | None:
@@ -119,6 +122,8 @@ class StageShares:
     end_to_end: float  # summed over the same messages: the stages add up to it exactly
     messages: int
     notes: list[str]
+    #: finer: "a -> b" between consecutive records (and "start" for the rename), summed
+    intervals: dict[str, float] = field(default_factory=dict)
 
     def shares(self) -> dict[str, float]:
         """Per stage, percent of the end-to-end time."""
@@ -137,6 +142,7 @@ class StageShares:
             "stage_seconds_sum": {s: round(v, 6) for s, v in self.seconds.items()},
             "share_percent": {s: round(v, 2) for s, v in self.shares().items()},
             "slowest": self.slowest(),
+            "intervals_seconds_sum": {k: round(v, 6) for k, v in self.intervals.items()},
             "notes": self.notes,
         }
 
@@ -158,6 +164,7 @@ def stage_shares(
         ends["seal"] = "sent"
         notes.append("no seal histogram: 'seal' runs to the sent record and includes the send")
     seconds = dict.fromkeys(STAGES, 0.0)
+    intervals: dict[str, float] = {}
     total = 0.0
     counted = 0
     missing: Counter[str] = Counter()
@@ -176,6 +183,7 @@ def stage_shares(
         if end < start:
             backwards += 1
             end = start
+        _add_intervals(intervals, tl, start, end)
         prev = start
         for stage in STAGES:
             t = tl.times.get(ends[stage])
@@ -204,7 +212,19 @@ def stage_shares(
         notes.append(f"{skipped} message(s) without a start or a delivered record left out")
     if backwards:
         notes.append(f"{backwards} message(s) delivered before their start time (clock?)")
-    return StageShares(seconds, total, counted, notes)
+    return StageShares(seconds, total, counted, notes, intervals)
+
+
+def _add_intervals(sums: dict[str, float], tl: Timeline, start: float, end: float) -> None:
+    prev_name, prev = "start", start
+    for event in EVENT_ORDER:
+        t = tl.times.get(event)
+        if t is None:
+            continue
+        t = min(max(t, prev), end)
+        key = f"{prev_name} -> {event}"
+        sums[key] = sums.get(key, 0.0) + (t - prev)
+        prev_name, prev = event, t
 
 
 _SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
