@@ -202,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         small_files=2000 if args.quick else 10000,
         paced_seconds=40 if args.quick else 180,
         timeout=args.timeout,
+        keep=keep,
         profiler=profiler,
     )
     started = time.time()

@@ -21,6 +21,7 @@ class Context:
     small_files: int  # files in the small-file flood
     paced_seconds: float  # how long the paced feed for the latency figure lasts at most
     timeout: float  # per wait for deliveries, seconds
+    keep: bool = False  # keep the payloads (else only logs and audit logs stay after a family)
     profiler: Profiler | None = None
     #: extra JSON sections by family (stage details, logs kept, ...), written beside `results`
     details: dict[str, Any] = field(default_factory=dict)

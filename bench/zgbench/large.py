@@ -49,6 +49,18 @@ class LargeRun:
     shares: StageShares
     problems: list[str]
 
+    def details(self, size: int, baseline: str, before: float, after: float) -> dict:
+        """The JSON details: raw seconds, both baseline runs, memory per agent, stages."""
+        return {
+            "bytes": size,
+            "seconds": round(self.seconds, 4),
+            baseline: {"before": round(before, 4), "after": round(after, 4)},
+            "peak_rss_mib": {a: round(v / MiB, 1) for a, v in self.peak_rss.items()},
+            "idle_rss_mib": {a: round(v / MiB, 1) for a, v in self.idle_rss.items()},
+            "stages": self.shares.to_json(),
+            "log_problems": self.problems[:50],
+        }
+
 
 def _limit(size: int) -> int:
     return max(2 * size, 64 * MiB)
@@ -57,32 +69,38 @@ def _limit(size: int) -> int:
 def send_large(root: Path, src: Path, src_sha: str, ctx: Context, phase: str) -> LargeRun:
     """A fresh pair under `root` moves `src` once; time, memory and stages from its records."""
     pair = Pair(root, _limit(src.stat().st_size), ctx.profiler)
-    with running(pair, phase):
-        staged = pair.outbox_tmp / NAME
-        shutil.copyfile(src, staged)
-        with open(staged, "rb+") as f:
-            os.fsync(f.fileno())
-        say(f"{phase}: submitting {src.stat().st_size // MiB} MiB into outbox/{FLOW}/new/")
-        os.rename(staged, pair.outbox_new / NAME)
-        submitted = time.time()
-        fsync_dir(pair.outbox_new)
-        pair.wait_delivered(1, ctx.timeout, phase)
-        seal = pair.stage_seconds("sender", "seal")
-    delivered = list(pair.inbox_new.iterdir())
-    if len(delivered) != 1:
-        raise BenchError(f"inbox/{FLOW}/new holds {len(delivered)} files, expected 1")
-    got_sha = sha256_file(delivered[0])
-    if got_sha != src_sha:
-        raise BenchError(f"SHA-256 mismatch: source {src_sha}, delivered {got_sha}")
-    lines = [t for t in timelines(pair.audit_records(), FLOW).values() if t.name == NAME]
-    if len(lines) != 1 or "delivered" not in lines[0].times:
-        raise BenchError(f"expected one delivered record for {NAME}, found {len(lines)} messages")
-    seconds = lines[0].times["delivered"] - submitted
-    shares = stage_shares(lines, {NAME: submitted}, seal)
-    say(f"  delivered in {seconds:.2f}s, SHA-256 matches; slowest stage: {shares.slowest()}")
-    problems = pair.log_problems()
-    for line in problems[:10]:
-        say(f"  log: {line}")
+    try:
+        with running(pair, phase):
+            staged = pair.outbox_tmp / NAME
+            shutil.copyfile(src, staged)
+            with open(staged, "rb+") as f:
+                os.fsync(f.fileno())
+            say(f"{phase}: submitting {src.stat().st_size // MiB} MiB into outbox/{FLOW}/new/")
+            os.rename(staged, pair.outbox_new / NAME)
+            submitted = time.time()
+            fsync_dir(pair.outbox_new)
+            pair.wait_delivered(1, ctx.timeout, phase)
+            seal = pair.stage_seconds("sender", "seal")
+        delivered = list(pair.inbox_new.iterdir())
+        if len(delivered) != 1:
+            raise BenchError(f"inbox/{FLOW}/new holds {len(delivered)} files, expected 1")
+        got_sha = sha256_file(delivered[0])
+        if got_sha != src_sha:
+            raise BenchError(f"SHA-256 mismatch: source {src_sha}, delivered {got_sha}")
+        lines = [t for t in timelines(pair.audit_records(), FLOW).values() if t.name == NAME]
+        if len(lines) != 1 or "delivered" not in lines[0].times:
+            raise BenchError(
+                f"expected one delivered record for {NAME}, found {len(lines)} messages"
+            )
+        seconds = lines[0].times["delivered"] - submitted
+        shares = stage_shares(lines, {NAME: submitted}, seal)
+        say(f"  delivered in {seconds:.2f}s, SHA-256 matches; slowest stage: {shares.slowest()}")
+        problems = pair.log_problems()
+        for line in problems[:10]:
+            say(f"  log: {line}")
+    finally:
+        if not ctx.keep:
+            pair.discard_data()
     return LargeRun(seconds, pair.peak_rss(), pair.idle_rss, shares, problems)
 
 
@@ -95,25 +113,17 @@ def run_disk(ctx: Context) -> list[Result]:
 
     def baseline(when: str) -> float:
         s = durable_copies(src, work / "baseline")
-        say(
-            f"  baseline {when}: 2 durable copies + SHA-256 in {s:.2f}s = {size / 1e6 / s:.0f} MB/s"
-        )
+        say(f"  baseline {when}: 2 durable copies + SHA-256 in {s:.2f}s")
         return s
 
-    before = baseline("before")
-    run = send_large(work / "pair", src, src_sha, ctx, "large")
-    after = baseline("after")
-    src.unlink()
+    try:
+        before = baseline("before")
+        run = send_large(work / "pair", src, src_sha, ctx, "large")
+        after = baseline("after")
+    finally:
+        src.unlink()
     base_s = (before + after) / 2
-    ctx.details["large"] = {
-        "bytes": size,
-        "seconds": round(run.seconds, 4),
-        "baseline_seconds": {"before": round(before, 4), "after": round(after, 4)},
-        "peak_rss_mib": {a: round(v / MiB, 1) for a, v in run.peak_rss.items()},
-        "idle_rss_mib": {a: round(v / MiB, 1) for a, v in run.idle_rss.items()},
-        "stages": run.shares.to_json(),
-        "log_problems": run.problems[:50],
-    }
+    ctx.details["large"] = run.details(size, "baseline_seconds", before, after)
     peak = max(run.peak_rss.values(), default=0) / MiB
     idle = max(run.idle_rss.values(), default=0) / MiB
     return [
@@ -164,14 +174,7 @@ def run_tmpfs(ctx: Context) -> list[Result]:
         shutil.rmtree(mnt / "pair")  # room for the second scp on a small tmpfs
         after = baseline("after")
     base_s = (before + after) / 2
-    ctx.details["tmpfs"] = {
-        "bytes": size,
-        "seconds": round(run.seconds, 4),
-        "scp_seconds": {"before": round(before, 4), "after": round(after, 4)},
-        "peak_rss_mib": {a: round(v / MiB, 1) for a, v in run.peak_rss.items()},
-        "stages": run.shares.to_json(),
-        "log_problems": run.problems[:50],
-    }
+    ctx.details["tmpfs"] = run.details(size, "scp_seconds", before, after)
     return [
         measured(
             "large_file_tmpfs_vs_scp", size / 1e6 / run.seconds, "MB/s",

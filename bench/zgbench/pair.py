@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -287,6 +288,19 @@ class Pair:
                 proc.wait()
         if self.profiler is not None:
             self.profiler.finish()
+
+    def discard_data(self) -> None:
+        """Remove what the messages left (outbox, spools, inbox); keep configs, keys and logs.
+
+        For a temporary work dir kept after a failure: the logs and audit logs explain it, the
+        gigabytes of payload do not.
+        """
+        for gw, parts in (
+            ("internet-gw", ("outbox", "spool")),
+            ("internal-gw", ("spool", "inbox")),
+        ):
+            for part in parts:
+                shutil.rmtree(self.root / gw / part, ignore_errors=True)
 
     def peak_rss(self) -> dict[str, int]:
         return dict(self.rss.peak) if self.rss else {}

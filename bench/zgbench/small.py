@@ -82,8 +82,34 @@ def feed_paced(pair: Pair, names: list[str], rate: float) -> dict[str, float]:
     return submitted
 
 
+def flood(pair: Pair, n: int, ctx: Context) -> tuple[dict[str, float], float]:
+    """`n` files renamed into new/ at once; (name -> rename time, files/s end to end)."""
+    say(f"small: writing {n} files of 1 KiB into outbox/{FLOW}/tmp/")
+    names = write_files(pair.outbox_tmp, "flood", n)
+    say(f"small: flood: renaming {n} files into outbox/{FLOW}/new/ at once")
+    submitted: dict[str, float] = {}
+    for name in names:
+        os.rename(pair.outbox_tmp / name, pair.outbox_new / name)
+        submitted[name] = time.time()
+    fsync_dir(pair.outbox_new)
+    pair.wait_delivered(n, ctx.timeout, "small flood")
+    rate = n / (last_delivered(pair, set(submitted)) - min(submitted.values()))
+    say(f"  {n} delivered: {rate:.1f} files/s")
+    return submitted, rate
+
+
+def paced(pair: Pair, already: int, rate: float, ctx: Context) -> dict[str, float]:
+    """Files fed one by one at half the flood's `rate`; name -> rename time."""
+    half = rate / 2
+    count = max(100, min(ctx.small_files, round(half * ctx.paced_seconds)))
+    say(f"small: paced: {count} files at {half:.1f} files/s (half the flood's rate)")
+    names = write_files(pair.outbox_tmp, "paced", count)
+    submitted = feed_paced(pair, names, half)
+    pair.wait_delivered(already + count, ctx.timeout, "small paced")
+    return submitted
+
+
 def run_small(ctx: Context) -> list[Result]:
-    n = ctx.small_files
     work = ctx.folder("small")
 
     def baseline(when: str) -> CreateBaseline:
@@ -93,65 +119,53 @@ def run_small(ctx: Context) -> list[Result]:
 
     before = baseline("before")
     pair = Pair(work / "pair", 64 * MiB, ctx.profiler)
-    paced: dict[str, float] = {}
+    fed: dict[str, float] = {}
     paced_error = None
-    with running(pair, "small"):
-        say(f"small: writing {n} files of 1 KiB into outbox/{FLOW}/tmp/")
-        names = write_files(pair.outbox_tmp, "flood", n)
-        say(f"small: flood: renaming {n} files into outbox/{FLOW}/new/ at once")
-        flood: dict[str, float] = {}
-        for name in names:
-            os.rename(pair.outbox_tmp / name, pair.outbox_new / name)
-            flood[name] = time.time()
-        fsync_dir(pair.outbox_new)
-        pair.wait_delivered(n, ctx.timeout, "small flood")
-        rate = n / (last_delivered(pair, set(flood)) - min(flood.values()))
-        flood_seal = pair.stage_seconds("sender", "seal")
-        say(f"  {n} delivered: {rate:.1f} files/s")
-        try:
-            half = rate / 2
-            count = max(100, min(n, round(half * ctx.paced_seconds)))
-            say(f"small: paced: {count} files at {half:.1f} files/s (half the flood's rate)")
-            paced_names = write_files(pair.outbox_tmp, "paced", count)
-            paced = feed_paced(pair, paced_names, half)
-            pair.wait_delivered(n + count, ctx.timeout, "small paced")
-        except BenchError as e:
-            paced_error = str(e)
-        paced_seal = pair.stage_seconds("sender", "seal")
-    after = baseline("after")
+    try:
+        with running(pair, "small"):
+            flooded, rate = flood(pair, ctx.small_files, ctx)
+            flood_seal = pair.stage_seconds("sender", "seal")
+            try:
+                fed = paced(pair, len(flooded), rate, ctx)
+            except BenchError as e:
+                paced_error = str(e)
+            paced_seal = pair.stage_seconds("sender", "seal")
+        after = baseline("after")
+        records = pair.audit_records()
+        delivered = sorted(os.listdir(pair.inbox_new))
+        expected = sorted([*flooded, *fed])
+        if paced_error is None and delivered != expected:
+            missing = sorted(set(expected) - set(delivered))
+            extra = sorted(set(delivered) - set(expected))
+            raise BenchError(f"inbox mismatch: missing {missing[:10]}, unexpected {extra[:10]}")
+    finally:
+        if not ctx.keep:
+            pair.discard_data()
     base = CreateBaseline((before.rate + after.rate) / 2, [*before.latencies, *after.latencies])
-    records = pair.audit_records()
-    delivered = sorted(os.listdir(pair.inbox_new))
-    expected = sorted([*flood, *paced])
-    if paced_error is None and delivered != expected:
-        missing = sorted(set(expected) - set(delivered))
-        extra = sorted(set(delivered) - set(expected))
-        raise BenchError(f"inbox mismatch: missing {missing[:10]}, unexpected {extra[:10]}")
-    flood_lines = [t for t in timelines(records, FLOW).values() if t.name in flood]
-    shares = stage_shares(flood_lines, flood, flood_seal)
-    out = [
-        measured(
-            "small_files_vs_limit", rate, "files/s", "single durable 1 KiB creates", base.rate
-        ),
-        measured("small_files_per_s", rate, "files/s", "single durable 1 KiB creates", base.rate),
-    ]
+    lines = timelines(records, FLOW).values()
+    shares = stage_shares([t for t in lines if t.name in flooded], flooded, flood_seal)
     details: dict = {
-        "flood_files": n,
+        "flood_files": len(flooded),
         "baseline_creates": BASELINE_CREATES,
         "baseline_rate": {"before": round(before.rate, 1), "after": round(after.rate, 1)},
         "flood_stages": shares.to_json(),
         "log_problems": pair.log_problems()[:50],
     }
-    if paced_error is None:
-        out += _latency_rows(paced, records, base.latencies, details)
-        paced_lines = [t for t in timelines(records, FLOW).values() if t.name in paced]
+    ctx.details["small"] = details
+    out = [
+        measured(name, rate, "files/s", "single durable 1 KiB creates", base.rate)
+        for name in ("small_files_vs_limit", "small_files_per_s")
+    ]
+    if paced_error is not None:
+        out += [failed(name, paced_error, "ms") for name in ("small_p50_ms", "small_p99_ms")]
+    else:
+        out += _latency_rows(fed, records, base.latencies, details)
         seal = None
         if paced_seal is not None and flood_seal is not None:
             seal = paced_seal - flood_seal
-        details["paced_stages"] = stage_shares(paced_lines, paced, seal).to_json()
-    else:
-        out += [failed(name, paced_error, "ms") for name in ("small_p50_ms", "small_p99_ms")]
-    ctx.details["small"] = details
+        details["paced_stages"] = stage_shares(
+            [t for t in lines if t.name in fed], fed, seal
+        ).to_json()
     return out + stage_results(shares, "small-file flood", "small_")
 
 

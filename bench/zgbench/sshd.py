@@ -61,11 +61,13 @@ class LocalSshd:
     host_public: str  # "ssh-ed25519 AAAA..."
     directory: Path
 
-    def client_options(self) -> list[str]:
-        """Options for ssh/scp/sftp: this key only, no prompts, this host key only."""
+    def client_options(self, known_hosts: Path | None = None) -> list[str]:
+        """Options for ssh/scp/sftp: this key only, no prompts, only the host keys listed in
+        `known_hosts` (default: this server's alone)."""
+        known = known_hosts or self.known_hosts
         return [
             "-i", str(self.identity), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={self.known_hosts}",
+            "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}",
             "-o", "GlobalKnownHostsFile=/dev/null",
         ]  # fmt: skip
 
