@@ -52,7 +52,7 @@ FAMILIES: tuple[Family, ...] = (
 
 
 class Interrupted(BaseException):
-    """SIGTERM or SIGHUP: unwind like Ctrl-C so every agent stops and every tmpfs unmounts."""
+    """Ctrl-C, SIGTERM or SIGHUP: unwind so every agent stops and every tmpfs unmounts."""
 
 
 def select(names: Sequence[str] | None) -> list[Family]:
@@ -120,20 +120,15 @@ def run_family(family: Family, ctx: Context, errors: Path) -> list[Result]:
     got: list[Result] = []
     try:
         got = family.run(ctx)
-    except (Interrupted, KeyboardInterrupt):
-        got = [failed(n, "interrupted") for n in family.results]
-        raise
-    except Exception as e:
+    except Exception as e:  # an interruption (BaseException) goes on up to main
         reason = f"{type(e).__name__}: {e}".strip()
         say(f"FAILED {family.name}: {reason}")
         with open(errors, "a") as f:
             f.write(f"--- {family.name}\n{traceback.format_exc()}\n")
         got = [failed(n, reason) for n in family.results]
-    finally:
-        have = {r.name for r in got}
-        missing = [n for n in family.results if n not in have]
-        got += [failed(n, f"{family.name} did not produce it") for n in missing]
-    return got
+    have = {r.name for r in got}
+    missing = [n for n in family.results if n not in have]
+    return got + [failed(n, f"{family.name} did not produce it") for n in missing]
 
 
 def document(
@@ -180,8 +175,18 @@ def _write(path: Path, doc: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
+    """The first stop signal unwinds the run; later ones must not cut its clean-up short."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _already_stopping)
     raise Interrupted(signal.Signals(signum).name)
+
+
+def _already_stopping(signum: int, frame: FrameType | None) -> None:
+    say(f"{signal.Signals(signum).name}: already stopping (agents, tmpfs); please wait")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -192,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = args.workdir
     else:
         workdir = Path(tempfile.mkdtemp(prefix="zonegate-bench-"))
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, _on_signal)
     profiler = Profiler(args.profile.resolve()) if args.profile else None
     ctx = Context(
@@ -228,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _write(out_json, document(args, ctx, results, machine, git, started, None))
     except (Interrupted, KeyboardInterrupt) as e:
         interrupted = True
-        say(f"interrupted ({type(e).__name__} {e}); writing what was measured")
+        say(f"interrupted ({e or type(e).__name__}); writing what was measured")
         done = {r.name for r in results}
         for family in args.families:
             results += [failed(n, "interrupted") for n in family.results if n not in done]

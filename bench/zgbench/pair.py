@@ -265,7 +265,7 @@ class Pair:
             if time.monotonic() > deadline:
                 progress.close()
                 raise BenchError(f"{label}: only {got}/{n} delivered after {timeout:.0f}s")
-            progress.update(got, self.depths() if progress.tty or n > 1 else "")
+            progress.update(got, self.depths())
             time.sleep(interval)
 
     def stop(self) -> None:

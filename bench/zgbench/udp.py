@@ -81,7 +81,7 @@ def run_udp(ctx: Context) -> list[Result]:
     cmd = [sys.executable, str(SCRIPT), "--netns", "--mib", str(mib), "--loss", "0"]
     cmd += ["--json", str(out_json)]
     say(f"udp: {' '.join(cmd[1:])} (log: {log})")
-    timeout = max(300.0, ctx.timeout)
+    timeout = min(ctx.timeout, 240.0 if ctx.quick else 900.0)
     progress = Progress("udp_compare.py")
     with open(log, "wb") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
