@@ -98,8 +98,13 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert e.value.code == 2
     (tmp_path / "x").write_text("")
     with pytest.raises(SystemExit) as e:
-        cli.parse_args(["--workdir", str(tmp_path)])
+        cli.parse_args(["--workdir", str(tmp_path)])  # not empty: it would mix two runs
     assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        cli.parse_args(["--json", str(tmp_path / "x" / "results.json")])
+    assert e.value.code == 2
+    args = cli.parse_args(["--quick", "--only", "udp", "--json", str(tmp_path / "r.json")])
+    assert [f.name for f in args.families] == ["udp"]
 
 
 # ------------------------------------------------------------------------- udp_compare's JSON

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import sys
@@ -112,6 +113,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--profile needs py-spy: .venv/bin/pip install -e '.[bench]' (bench/run does)")
     if args.timeout <= 0:
         p.error("--timeout must be positive")
+    if args.json is not None:
+        parent = args.json.resolve().parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            p.error(f"--json {args.json}: {parent} is not a writable directory")
     return args
 
 
@@ -168,11 +173,16 @@ def document(
     }
 
 
-def _write(path: Path, doc: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write(path: Path, doc: dict[str, Any]) -> bool:
+    """Write the JSON atomically; False (with the reason on stderr) if it cannot be written."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        tmp.replace(path)
+    except OSError as e:
+        say(f"cannot write {path}: {e}")
+        return False
+    return True
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -240,11 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if profiler is not None:
         profiles = profiler.summary()
         _print_profiles(profiles)
-    if out_json:
-        _write(out_json, document(args, ctx, results, machine, git, started, profiles))
+    written = out_json is None or _write(
+        out_json, document(args, ctx, results, machine, git, started, profiles)
+    )
     print(table(results), flush=True)
-    code = exit_code(results)
-    if out_json:
+    code = exit_code(results) if written else 1
+    if out_json and written:
         say(f"results written to {out_json}")
     if keep or code != 0 or interrupted:
         say(f"work files kept in {workdir}")
