@@ -97,8 +97,8 @@ def one_way_link(prefix: str = "zg") -> Iterator[OneWayLink]:
         for ns, dev in ((s_ns, s_dev), (r_ns, r_dev)):
             sh("sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1", ns=ns)
             sh("ip", "link", "set", "lo", "up", ns=ns)
-        sh("ip", "addr", "add", f"{s_ip}/24", "dev", s_dev, ns=s_ns)
-        sh("ip", "addr", "add", f"{r_ip}/24", "dev", r_dev, ns=r_ns)
+        sh("ip", "addr", "add", f"{s_ip}/24", "brd", "+", "dev", s_dev, ns=s_ns)
+        sh("ip", "addr", "add", f"{r_ip}/24", "brd", "+", "dev", r_dev, ns=r_ns)
         sh("ip", "link", "set", r_dev, "arp", "off", ns=r_ns)
         sh("ip", "link", "set", s_dev, "up", ns=s_ns)
         sh("ip", "link", "set", r_dev, "up", ns=r_ns)
