@@ -507,7 +507,7 @@ def _blocks(pool: EncoderPool | None, data: bytes, params: EncodeParams) -> list
     src = io.BytesIO(data)
     out = []
     for b in encode_blocks(src, len(data), TID, b"S" * 8, 7, False, params, pool):
-        out.append((b.header, [bytes(p) for p in b.packets]))  # views: copy before the next
+        out.append([bytes(b.datagram(i)) for i in range(b.count)])  # views: copy them now
     return out
 
 
@@ -526,7 +526,7 @@ def test_the_encoder_pool_gives_the_datagrams_the_sender_would_encode_itself() -
         got = []
         blocks = encode_blocks(io.BytesIO(data), len(data), TID, b"S" * 8, 7, False, params, pool)
         for i, b in enumerate(blocks):
-            got.append((b.header, [bytes(p) for p in b.packets]))
+            got.append([bytes(b.datagram(i)) for i in range(b.count)])
             if i == 1:
                 for w in pool.workers:
                     w.kill()

@@ -41,7 +41,7 @@ from typing import BinaryIO
 
 import raptorq
 
-from .udp_packet import MAX_BLOCK, MAX_SYMBOLS, RQ_ID, SYMBOL_ALIGN, data_header
+from .udp_packet import DATA_HEADER, MAX_BLOCK, MAX_SYMBOLS, RQ_ID, SYMBOL_ALIGN, data_header
 
 __all__ = [
     "BLOCK_SIZE",
@@ -86,15 +86,37 @@ class EncodeParams:
 
 @dataclass(frozen=True)
 class EncodedBlock:
-    """One block's datagrams for one round: each is `header` + one of `packets` (all one size;
-    views into a worker's slot when a pool encoded it: valid until the next block is asked for)."""
+    """One block's datagrams for one round, all of one size: `header` + each of `packets`, or,
+    from a worker pool, whole datagrams laid end to end in `wire` (a view into the worker's slot,
+    valid until the next block is asked for), which a GSO send takes without any copying."""
 
     header: bytes
-    packets: list[bytes] | list[memoryview]
+    packets: list[bytes]
+    wire: memoryview | None = None
+    wire_count: int = 0
+
+    @property
+    def count(self) -> int:
+        return self.wire_count if self.wire is not None else len(self.packets)
 
     @property
     def datagram_size(self) -> int:
+        if self.wire is not None:
+            return len(self.wire) // self.wire_count
         return len(self.header) + len(self.packets[0])
+
+    def datagram(self, i: int) -> bytes | memoryview:
+        if self.wire is not None:
+            size = self.datagram_size
+            return self.wire[i * size : (i + 1) * size]
+        return self.header + self.packets[i]
+
+    def buffers(self, burst: range) -> list[bytes | memoryview]:
+        """The buffers of datagrams `burst` for one sendmsg (one view when laid end to end)."""
+        if self.wire is not None:
+            size = self.datagram_size
+            return [self.wire[burst.start * size : burst.stop * size]]
+        return [part for i in burst for part in (self.header, self.packets[i])]
 
 
 def repair_count(source_symbols: int, redundancy: float) -> int:
@@ -179,13 +201,14 @@ def encode_message(
 ) -> Iterator[bytes]:
     """Datagrams of one message, round after round, block after block, one bytes each."""
     for block in encode_blocks(src, length, transfer, session, msgno, resend, params):
-        for payload in block.packets:
-            yield block.header + payload
+        for i in range(block.count):
+            yield bytes(block.datagram(i))
 
 
 # -- the worker pool ------------------------------------------------------------------------
-#: request: slot offset, block bytes, symbol size, packets to ask for, packets to skip
-_REQ = struct.Struct(">QIIII")
+#: request: slot offset, block bytes, symbol size, packets to ask for, packets to skip, and the
+#: block's datagram header, which the worker writes before each packet
+_REQ = struct.Struct(f">QIIII{DATA_HEADER}s")
 #: reply: packets written after the block's bytes, and their size (0 packets: the codec failed)
 _REP = struct.Struct(">II")
 
@@ -200,7 +223,7 @@ class EncoderPool:
     def __init__(self, params: EncodeParams, workers: int) -> None:
         k = -(-params.block_size // params.symbol)
         per_round = k + repair_count(k, params.redundancy)
-        slot = params.block_size + per_round * (RQ_ID + params.symbol)
+        slot = params.block_size + per_round * (DATA_HEADER + RQ_ID + params.symbol)
         self.slot_size = -(-slot // mmap.PAGESIZE) * mmap.PAGESIZE
         self.slots = 3 * workers  # each worker encodes one block while two wait or are sent
         self.fd = os.memfd_create("zonegate-udp-encode", os.MFD_CLOEXEC)
@@ -236,7 +259,7 @@ class EncoderPool:
                 if not free:
                     yield self._collect(pending, free, params, header)
                 slot = free.popleft()
-                self._submit(src, slot, job, params)
+                self._submit(src, slot, job, params, header)
                 pending.append((slot, waiting.pop()))
             while pending:
                 yield self._collect(pending, free, params, header)
@@ -257,8 +280,10 @@ class EncoderPool:
             raise PoolBroken("closed")
         return self.workers[slot % len(self.workers)]
 
-    def _submit(self, src: BinaryIO, slot: int, job: Job, params: EncodeParams) -> None:
-        _round, block, size, repairs, skip = job
+    def _submit(
+        self, src: BinaryIO, slot: int, job: Job, params: EncodeParams, header: Header
+    ) -> None:
+        round_, block, size, repairs, skip = job
         at = slot * self.slot_size
         src.seek(block * params.block_size)
         if src.readinto(self.view[at : at + size]) != size:  # type: ignore[attr-defined]
@@ -266,7 +291,8 @@ class EncoderPool:
         worker = self._worker_of(slot)
         assert worker.stdin is not None
         try:
-            worker.stdin.write(_REQ.pack(at, size, params.symbol, repairs, skip))
+            request = _REQ.pack(at, size, params.symbol, repairs, skip, header(round_, block))
+            worker.stdin.write(request)
             worker.stdin.flush()
         except OSError as e:
             raise PoolBroken(f"worker {worker.pid}: {e}") from None
@@ -280,7 +306,8 @@ class EncoderPool:
             raise PoolBroken(f"worker {worker.pid} ended")
         count, size = _REP.unpack(raw)
         _round, _block, length, repairs, skip = job
-        if (count, size) != (-(-length // params.symbol) + repairs - skip, RQ_ID + params.symbol):
+        owed = (-(-length // params.symbol) + repairs - skip, DATA_HEADER + RQ_ID + params.symbol)
+        if (count, size) != owed:
             raise PoolBroken(f"worker {worker.pid} answered {count} packets of {size} bytes")
         return count
 
@@ -294,11 +321,11 @@ class EncoderPool:
         slot, job = pending[0]
         count = self._reply(slot, job, params)
         pending.popleft()  # only now: a job whose reply failed is encoded again, here
-        size = RQ_ID + params.symbol
+        size = DATA_HEADER + RQ_ID + params.symbol
         at = slot * self.slot_size + job[2]
-        packets = [self.view[at + i * size : at + (i + 1) * size] for i in range(count)]
         free.append(slot)  # written again only when the consumer asks for a later block
-        return EncodedBlock(header(job[0], job[1]), packets)
+        wire = self.view[at : at + count * size]
+        return EncodedBlock(header(job[0], job[1]), [], wire, count)
 
     def close(self) -> None:
         self.broken = True
@@ -324,12 +351,12 @@ def _worker(fd: int, size: int) -> None:
         raw = inp.read(_REQ.size)
         if len(raw) != _REQ.size:
             return  # the sender closed the pipe or died
-        at, length, symbol, repairs, skip = _REQ.unpack(raw)
+        at, length, symbol, repairs, skip, header = _REQ.unpack(raw)
         try:
             packets = _encode(area[at : at + length], symbol, repairs, skip)
-            joined = b"".join(packets)
+            joined = header + header.join(packets)  # each packet after its header
             area[at + length : at + length + len(joined)] = joined
-            out.write(_REP.pack(len(packets), len(packets[0])))
+            out.write(_REP.pack(len(packets), len(header) + len(packets[0])))
         except Exception:  # a reply of no packets: the pool gives up, the sender encodes
             out.write(_REP.pack(0, 0))
         out.flush()

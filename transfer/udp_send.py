@@ -104,7 +104,9 @@ class UdpLinkSender:
     def link_events(self) -> list[str]:
         return []
 
-    def _sendmsg(self, buffers: list[bytes], segment: int, stop: threading.Event) -> bool:
+    def _sendmsg(
+        self, buffers: list[bytes | memoryview], segment: int, stop: threading.Event
+    ) -> bool:
         """One sendmsg (a GSO send if `segment`), retried while the interface queue is full."""
         cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment))] if segment else []
         while True:
@@ -119,30 +121,30 @@ class UdpLinkSender:
             if stop.wait(0.0005):
                 return False
 
-    def _put(self, datagram: bytes, stop: threading.Event) -> bool:
+    def _put(self, datagram: bytes | memoryview, stop: threading.Event) -> bool:
         if not self.bucket.take(len(datagram) + IP_UDP_HEADERS, stop):
             return False
         return self._sendmsg([datagram], 0, stop)
 
     def _put_block(self, block: EncodedBlock, stop: threading.Event) -> bool:
-        header, packets, size = block.header, block.packets, block.datagram_size
+        size = block.datagram_size
         if not self.gso:
-            return all(self._put(header + packet, stop) for packet in packets)
-        for burst in gso_bursts(size, len(packets)):
+            return all(self._put(block.datagram(i), stop) for i in range(block.count))
+        for burst in gso_bursts(size, block.count):
             if not self.bucket.take(len(burst) * (size + IP_UDP_HEADERS), stop):
                 return False
-            buffers = [part for i in burst for part in (header, packets[i])]
             try:
-                if not self._sendmsg(buffers, size if len(burst) > 1 else 0, stop):
+                if not self._sendmsg(block.buffers(burst), size if len(burst) > 1 else 0, stop):
                     return False
             except OSError as e:
                 if e.errno not in _NO_GSO or len(burst) == 1:
                     raise
                 log.warning("flow %s: UDP GSO refused (%s); one datagram a send", self.flow, e)
                 self.gso = False  # this burst's budget is taken; the rest take theirs
-                if not all(self._sendmsg([header, packets[i]], 0, stop) for i in burst):
+                if not all(self._sendmsg([block.datagram(i)], 0, stop) for i in burst):
                     return False
-                return all(self._put(header + p, stop) for p in packets[burst.stop :])
+                rest = range(burst.stop, block.count)
+                return all(self._put(block.datagram(i), stop) for i in rest)
         return True
 
     def send_envelope(
