@@ -33,10 +33,11 @@ The tools, each its sender in the sending namespace and its receiver in the rece
   that is the baseline of `udp_vs_pydiode`; at 0% loss its 1-send figure is measured too.
 
 Rates. A one-way sender cannot learn the receiver's speed, so every tool is given the same
-ladder of rate limits (unlimited first); it goes down the ladder until a transfer succeeds and on
-while a lower rate is faster; the best rate's time is then repeated (`--repeat`), and the
-median is reported with its spread. A transfer counts only when the received file's SHA-256 is
-the source's; anything else is reported as failed, with why, and never as a figure.
+ladder of rate limits (unlimited first) and goes down it, `--repeat` runs at each rate: the best
+rate is the fastest at which every run succeeded (a rate that fails once does not count), and its
+runs' median is reported with their spread; every attempt, failed or not, is in the JSON. A
+transfer counts only when the received file's SHA-256 is the source's; anything else is reported
+as failed, with why, and never as a figure.
 
 Progress goes to stderr, the table to stdout, `--json FILE` gets {"results": [...]} with
 `udp_vs_udpcast` and `udp_vs_pydiode` (`_loss5` etc. for lossy runs): value = our MB/s,
@@ -533,36 +534,37 @@ def attempt(tool: Tool, link: Link, base: dict, mbit: int, root: Path) -> Attemp
 
 
 def measure(tool: Tool, link: Link, base: dict, loss: float, repeat: int, root: Path) -> Row:
+    """Down the ladder: at each rate `repeat` runs (stopping at a failure). The best rate is the
+    fastest whose runs all succeeded; the search ends at the first rate slower than it, or that
+    fails below it, or after GIVE_UP failing rates in a row."""
     row = Row(tool.name, tool.label, loss, size=base["size"])
     if tool.as_shipped is not None:
         ladder = [tool.as_shipped]
         base = base | {"shim": None}
     else:
         ladder = [m for m in LADDER if not tool.max_mbit or m <= tool.max_mbit]
-    best: Attempt | None = None
+    best: tuple[int, list[float]] | None = None
     failures = 0
     for mbit in ladder:
-        a = attempt(tool, link, base, mbit, root)
-        row.attempts.append(a)
-        if a.ok:
-            if best is not None and a.seconds >= best.seconds:  # type: ignore[operator]
-                break  # slower than the rate above: the rate above is the best
-            best, failures = a, 0
-        elif best is not None:
-            break
-        else:
+        times: list[float] = []
+        for _ in range(repeat):
+            a = attempt(tool, link, base, mbit, root)
+            row.attempts.append(a)
+            if not a.ok:
+                break
+            times.append(a.seconds)  # type: ignore[arg-type]
+        if len(times) < repeat:
+            if best is not None:
+                break
             failures += 1
             if failures == GIVE_UP:
                 break
-    if best is None:
-        return row
-    row.best_mbit = best.mbit
-    row.times.append(best.seconds)  # type: ignore[arg-type]
-    for _ in range(repeat - 1):
-        a = attempt(tool, link, base, best.mbit, root)
-        row.attempts.append(a)
-        if a.ok:
-            row.times.append(a.seconds)  # type: ignore[arg-type]
+            continue
+        if best is not None and statistics.median(times) >= statistics.median(best[1]):
+            break  # slower than the rate above it: that one is the best
+        best, failures = (mbit, times), 0
+    if best is not None:
+        row.best_mbit, row.times = best
     return row
 
 
