@@ -75,7 +75,7 @@ LADDER = (0, 4000, 3000, 2000, 1500, 1000, 700, 400, 200)
 UDPCAST_MAX_MBIT = 2000
 STALL = 8.0  # seconds without progress after which a transfer has failed
 #: failures in a row after which a tool's ladder is given up (every rate fails the same way)
-GIVE_UP = 3
+GIVE_UP = 5
 
 
 def log(msg: str) -> None:

@@ -231,6 +231,7 @@ class EncoderPool:
         self.map = mmap.mmap(self.fd, self.slot_size * self.slots)
         self.view = memoryview(self.map)
         self.lock = threading.Lock()  # one message at a time; a second encodes in its thread
+        self.params = params  # the slots are sized for these
         self.broken = False
         self.workers: list[subprocess.Popen[bytes]] = []
         for _ in range(workers):
@@ -247,7 +248,7 @@ class EncoderPool:
     def encode(
         self, src: BinaryIO, jobs: Iterator[Job], params: EncodeParams, header: Header
     ) -> Iterator[EncodedBlock]:
-        if self.broken or not self.lock.acquire(blocking=False):
+        if self.broken or params != self.params or not self.lock.acquire(blocking=False):
             yield from _encode_here(src, jobs, params, header)
             return
         pending: deque[tuple[int, Job]] = deque()
@@ -341,6 +342,9 @@ class EncoderPool:
                 worker.wait(5)
             with contextlib.suppress(OSError):
                 worker.stdout.close()  # type: ignore[union-attr]
+        with contextlib.suppress(OSError):
+            os.close(self.fd)  # the mapping stays until the last view of it is gone
+        self.fd = -1
 
 
 def _worker(fd: int, size: int) -> None:
