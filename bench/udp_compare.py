@@ -66,11 +66,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
-from netns import one_way_link, remove_namespace, sh  # noqa: E402
+from netns import OneWayLink, one_way_link, remove_namespace, sh  # noqa: E402
 
 PORT = 46000
 #: rate limits tried, in Mbit/s on the wire (0: unlimited)
-LADDER = (0, 4000, 3000, 2000, 1500, 1000, 700, 400, 200)
+LADDER = (0, 4000, 3000, 2400, 2000, 1600, 1300, 1000, 700, 400, 200)
 #: udp-sender's --max-bitrate overflows past 2^31 bit/s
 UDPCAST_MAX_MBIT = 2000
 STALL = 8.0  # seconds without progress after which a transfer has failed
@@ -83,17 +83,11 @@ def log(msg: str) -> None:
 
 
 # -- the link ---------------------------------------------------------------------------------
-@dataclass
-class Link:
-    """Where each side runs and how to reach the receiver."""
+@dataclass(frozen=True)
+class Link(OneWayLink):
+    """Where each side runs and how to reach the receiver (loopback: one namespace for both)."""
 
-    kind: str  # "netns" or "loopback"
-    sender_ns: str
-    receiver_ns: str
-    sender_dev: str
-    receiver_dev: str
-    sender_ip: str
-    receiver_ip: str
+    kind: str = "netns"  # or "loopback"
 
     def run(self, ns: str, cmd: list[str]) -> list[str]:
         return ["ip", "netns", "exec", ns, *cmd]
@@ -151,15 +145,7 @@ def netns_link() -> Iterator[Link]:
             # udpcast multicasts its data and broadcasts its control packets on the link
             sh("ip", "route", "add", "224.0.0.0/4", "dev", dev, ns=ns)
         sh("ethtool", "-K", w.sender_dev, "tx-udp-segmentation", "off", ns=w.sender_ns)
-        yield Link(
-            "netns",
-            w.sender_ns,
-            w.receiver_ns,
-            w.sender_dev,
-            w.receiver_dev,
-            w.sender_ip,
-            w.receiver_ip,
-        )
+        yield Link(**asdict(w))
 
 
 @contextlib.contextmanager
@@ -168,7 +154,7 @@ def loopback_link() -> Iterator[Link]:
     try:
         sh("ip", "netns", "add", ns)
         sh("ip", "link", "set", "lo", "up", ns=ns)
-        yield Link("loopback", ns, ns, "lo", "lo", "127.0.0.1", "127.0.0.1")
+        yield Link(ns, ns, "lo", "lo", "127.0.0.1", "127.0.0.1", kind="loopback")
     finally:
         remove_namespace(ns)
 
