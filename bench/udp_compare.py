@@ -75,7 +75,7 @@ LADDER = (0, 4000, 3000, 2400, 2000, 1600, 1300, 1000, 700, 400, 200)
 UDPCAST_MAX_MBIT = 2000
 STALL = 8.0  # seconds without progress after which a transfer has failed
 #: failures in a row after which a tool's ladder is given up (every rate fails the same way)
-GIVE_UP = 5
+GIVE_UP = 8
 
 
 def log(msg: str) -> None:
@@ -669,7 +669,8 @@ def peer_recv(endpoint: str, scratch: str, redundancy: str) -> int:
                     return 0
                 notes[item.kind] = notes.get(item.kind, 0) + 1
                 if item.kind in ("lost", "aborted"):
-                    print(json.dumps({"lost": item.reason, "notes": notes}), flush=True)
+                    why = f"{item.reason} (drain dropped {rx.drain.dropped} datagrams)"
+                    print(json.dumps({"lost": why, "notes": notes}), flush=True)
                     return 1
     finally:
         rx.close()
