@@ -586,7 +586,9 @@ def summarise(rows: list[Row]) -> tuple[list[dict], list[dict]]:
         )
     for loss in sorted({r.loss for r in rows}):
         ours = by.get(("zonegate", loss))
-        for other, name in (("udpcast", "udp_vs_udpcast"), ("pydiode", "udp_vs_pydiode")):
+        pairs = [("udpcast", "udp_vs_udpcast"), ("pydiode", "udp_vs_pydiode")]
+        pairs.append(("pydiode_shipped", "udp_vs_pydiode_shipped"))  # pydiode's own defaults
+        for other, name in pairs:
             theirs = by.get((other, loss))
             if ours is None or theirs is None:
                 continue
