@@ -8,6 +8,7 @@ packet R tries to send shows up only in the rule's counter.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -78,11 +79,13 @@ class OneWayLink:
         return sh(sys.executable, "-c", code, url, ns=ns)
 
 
-@pytest.fixture
-def oneway() -> Iterator[OneWayLink]:
+@contextlib.contextmanager
+def one_way_link(prefix: str = "zg") -> Iterator[OneWayLink]:
+    """The two namespaces and the veth between them; removed (with every process still in
+    them) however the block is left. bench/udp_compare.py uses it too."""
     tag = f"{os.getpid() % 100000}x{next(_COUNTER)}"
-    s_ns, r_ns = f"zgS{tag}", f"zgR{tag}"
-    s_dev, r_dev = f"zs{tag}"[:15], f"zr{tag}"[:15]
+    s_ns, r_ns = f"{prefix}S{tag}", f"{prefix}R{tag}"
+    s_dev, r_dev = f"{prefix[:2]}s{tag}"[:15], f"{prefix[:2]}r{tag}"[:15]
     octet = (os.getpid() + next(_COUNTER)) % 200 + 20
     s_ip, r_ip = f"10.{octet}.77.1", f"10.{octet}.77.2"
     try:
@@ -94,8 +97,8 @@ def oneway() -> Iterator[OneWayLink]:
         for ns, dev in ((s_ns, s_dev), (r_ns, r_dev)):
             sh("sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1", ns=ns)
             sh("ip", "link", "set", "lo", "up", ns=ns)
-        sh("ip", "addr", "add", f"{s_ip}/24", "dev", s_dev, ns=s_ns)
-        sh("ip", "addr", "add", f"{r_ip}/24", "dev", r_dev, ns=r_ns)
+        sh("ip", "addr", "add", f"{s_ip}/24", "brd", "+", "dev", s_dev, ns=s_ns)
+        sh("ip", "addr", "add", f"{r_ip}/24", "brd", "+", "dev", r_dev, ns=r_ns)
         sh("ip", "link", "set", r_dev, "arp", "off", ns=r_ns)
         sh("ip", "link", "set", s_dev, "up", ns=s_ns)
         sh("ip", "link", "set", r_dev, "up", ns=r_ns)
@@ -116,7 +119,17 @@ def oneway() -> Iterator[OneWayLink]:
         yield OneWayLink(s_ns, r_ns, s_dev, r_dev, s_ip, r_ip)
     finally:
         for ns in (s_ns, r_ns):
-            pids = sh("ip", "netns", "pids", ns, check=False).split()
-            for pid in pids:
-                subprocess.run(["kill", "-9", pid], check=False)
-            sh("ip", "netns", "del", ns, check=False)
+            remove_namespace(ns)
+
+
+def remove_namespace(ns: str) -> None:
+    """Kill every process left in `ns`, then delete it (nothing if it does not exist)."""
+    for pid in sh("ip", "netns", "pids", ns, check=False).split():
+        subprocess.run(["kill", "-9", pid], check=False)
+    sh("ip", "netns", "del", ns, check=False)
+
+
+@pytest.fixture
+def oneway() -> Iterator[OneWayLink]:
+    with one_way_link() as link:
+        yield link

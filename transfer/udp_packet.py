@@ -10,6 +10,15 @@ raises anything else, whatever bytes arrive (tested with hypothesis).
 DATA datagram: fixed header, then one RaptorQ packet (4-byte payload id + one symbol).
 HEARTBEAT datagram: fixed header, flow and sender names, then the sender's most recent
 (message number, transfer id) pairs so a receiver can name a message it saw nothing of.
+docs/udp.md describes every field.
+
+Every DATA datagram of one block in one round carries the same 57-byte header (only the payload
+id differs), which lets the sender hand the kernel one header buffer per datagram of a GSO send
+and lets the receiver recognise a datagram of the block it is filling by a byte comparison.
+The limits on symbol and block size are those under which RaptorQ (RFC 6330 with the raptorq
+crate's default parameters) keeps a block as one source block of one sub-block: source symbol
+`i` is then exactly bytes `i*symbol .. (i+1)*symbol` of the block, and a receiver that got every
+source symbol has the block without decoding anything (tests/test_udp_unit.py checks this).
 """
 
 from __future__ import annotations
@@ -18,11 +27,17 @@ import struct
 from dataclasses import dataclass
 
 __all__ = [
+    "DATA_HEADER",
+    "MAX_BLOCK",
     "MAX_RECENT",
+    "MAX_SYMBOLS",
+    "RQ_ID",
+    "SYMBOL_ALIGN",
     "DataPacket",
     "HeartbeatPacket",
     "PacketError",
     "data_datagram",
+    "data_header",
     "heartbeat_datagram",
     "parse",
 ]
@@ -41,9 +56,16 @@ _DATA = struct.Struct(">16sQIIHB")
 _BEAT = struct.Struct(">QIBBB")
 _PAIR = struct.Struct(">Q16s")
 MAX_RECENT = 32
-_RQ_ID = 4  # RaptorQ payload id: source block number (8 bits) + encoding symbol id (24 bits)
+#: bytes before the RaptorQ packet in a DATA datagram (common + data header)
+DATA_HEADER = _COMMON.size + _DATA.size
+RQ_ID = 4  # RaptorQ payload id: source block number (8 bits) + encoding symbol id (24 bits)
 MAX_LENGTH = 1 << 48
-MAX_BLOCK = 64 * 1024 * 1024
+#: RaptorQ keeps a block this large as one source block with one sub-block (see above)
+MAX_BLOCK = 8 * 1024 * 1024
+#: source symbols per block at most (8 MiB of 256-byte symbols)
+MAX_SYMBOLS = 32768
+#: RaptorQ's symbol alignment: a symbol size that is not a multiple is rounded down by the codec
+SYMBOL_ALIGN = 8
 
 
 class PacketError(ValueError):
@@ -91,6 +113,24 @@ def _common(kind: int, flags: int, session: bytes, msgno: int) -> bytes:
     return _COMMON.pack(MAGIC, kind, flags, session, msgno)
 
 
+def data_header(
+    session: bytes,
+    msgno: int,
+    transfer: str,
+    length: int,
+    block_size: int,
+    block: int,
+    symbol: int,
+    round_: int,
+    resend: bool,
+) -> bytes:
+    """The header every DATA datagram of this block and round carries before its RaptorQ packet."""
+    flags = (FLAG_RESEND if resend else 0) | (FLAG_REPEAT if round_ else 0)
+    return _common(KIND_DATA, flags, session, msgno) + _DATA.pack(
+        bytes.fromhex(transfer), length, block_size, block, symbol, round_
+    )
+
+
 def data_datagram(
     session: bytes,
     msgno: int,
@@ -103,14 +143,10 @@ def data_datagram(
     resend: bool,
     payload: bytes,
 ) -> bytes:
-    flags = (FLAG_RESEND if resend else 0) | (FLAG_REPEAT if round_ else 0)
-    return b"".join(
-        (
-            _common(KIND_DATA, flags, session, msgno),
-            _DATA.pack(bytes.fromhex(transfer), length, block_size, block, symbol, round_),
-            payload,
-        )
+    header = data_header(
+        session, msgno, transfer, length, block_size, block, symbol, round_, resend
     )
+    return header + payload
 
 
 def heartbeat_datagram(
@@ -152,8 +188,8 @@ def parse(datagram: bytes) -> DataPacket | HeartbeatPacket:
 
 
 def _data(datagram: bytes, flags: int, session: bytes, msgno: int) -> DataPacket:
-    start = _COMMON.size + _DATA.size
-    if len(datagram) < start + _RQ_ID + 1:
+    start = DATA_HEADER
+    if len(datagram) < start + RQ_ID + 1:
         raise PacketError("DATA datagram too short")
     tid, length, block_size, block, symbol, round_ = _DATA.unpack_from(datagram, _COMMON.size)
     payload = datagram[start:]
@@ -163,9 +199,11 @@ def _data(datagram: bytes, flags: int, session: bytes, msgno: int) -> DataPacket
         raise PacketError("length out of range")
     if not 0 < block_size <= MAX_BLOCK or symbol == 0 or block_size < symbol:
         raise PacketError("block or symbol size out of range")
+    if symbol % SYMBOL_ALIGN or -(-block_size // symbol) > MAX_SYMBOLS:
+        raise PacketError("symbol size not a multiple of 8, or too many symbols a block")
     if block * block_size >= length:
         raise PacketError("block index past the end of the message")
-    if len(payload) != _RQ_ID + symbol:
+    if len(payload) != RQ_ID + symbol:
         raise PacketError("payload length differs from the symbol size")
     if payload[0] != 0:
         raise PacketError("a block is always one RaptorQ source block")

@@ -6,9 +6,7 @@ the file is fsynced before the Arrival is handed to the agent, as the link contr
 
 from __future__ import annotations
 
-import contextlib
 import os
-import queue
 import shutil
 import time
 from pathlib import Path
@@ -31,8 +29,9 @@ from .udp_send import udp_address
 
 __all__ = ["UdpEnvelopeReceiver"]
 
-#: datagrams decoded per poll before returning to the agent (keeps poll latency bounded)
-_BATCH = 4096
+#: batches (of up to 1 MiB each) decoded per poll before returning to the agent (keeps the
+#: agent's loop turning: it exports metrics and hands arrivals on between polls)
+_BATCHES = 32
 
 
 class UdpEnvelopeReceiver:
@@ -61,21 +60,19 @@ class UdpEnvelopeReceiver:
 
     def poll(self, timeout_ms: int) -> list[Arrival | LinkNote]:
         out: list[Arrival | LinkNote] = []
-        try:
-            first = self.drain.queue.get(timeout=timeout_ms / 1000)
-        except queue.Empty:
-            first = None
-        now = time.monotonic()
-        if first is not None:
-            batch = [first]
-            with contextlib.suppress(queue.Empty):
-                while len(batch) < _BATCH:
-                    batch.append(self.drain.queue.get_nowait())
-            for datagram in batch:
-                for event in self.decoder.feed(datagram, now):
-                    note = self._apply(event)
-                    if note is not None:
-                        out.append(note)
+        batch = self.drain.get(timeout_ms / 1000)
+        count = 0
+        while batch is not None:
+            buf, ends = batch
+            events = self.decoder.feed_batch(buf, ends, time.monotonic())
+            for event in events:
+                note = self._apply(event)
+                if note is not None:
+                    out.append(note)
+            del events  # block views into the decoder's buffers: written, let them go
+            self.drain.release(batch)
+            count += 1
+            batch = self.drain.get(0) if count < _BATCHES else None
         for event in self.decoder.tick(time.monotonic()):
             note = self._apply(event)
             if note is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import itertools
 import json
 import os
 import tempfile
@@ -77,19 +78,31 @@ def topology_target(data: bytes) -> None:
 
 def fec_target(data: bytes) -> None:
     """Datagrams off the one-way UDP link (split at a 4-byte marker) into the FEC block decoder:
-    only its own events, never an exception, whatever arrives."""
-    decoder = Decoder("import", "internet-gw", 1 << 22, heartbeat=1.0)
-    now = 0.0
-    for datagram in data.split(_DATAGRAM_SEP)[:256]:
-        now += 0.01
-        decoder.feed(datagram, now)
-    decoder.tick(now + 10.0)
+    only its own events, never an exception, whatever arrives. Fed one by one and as one batch
+    (as the receiver's drain hands them over): both ways must give the same events."""
+    grams = data.split(_DATAGRAM_SEP)[:256]
+    one = Decoder("import", "internet-gw", 1 << 22, heartbeat=1.0)
+    singly = [_plain(e) for g in grams for e in one.feed(g, 1.0)]
+    one.tick(11.0)
+    batch = Decoder("import", "internet-gw", 1 << 22, heartbeat=1.0)
+    buf = bytearray(b"".join(grams))
+    ends = list(itertools.accumulate(len(g) for g in grams))
+    together = [_plain(e) for e in batch.feed_batch(buf, ends, 1.0)]
+    assert singly == together, "a batch decoded differently from its datagrams one by one"
+
+
+def _plain(event: object) -> object:
+    """An event with its block bytes copied (a BlockDone's data may be a view)."""
+    data = getattr(event, "data", None)
+    return (type(event).__name__, bytes(data), event.offset) if data is not None else event  # type: ignore[attr-defined]
 
 
 _DATAGRAM_SEP = b"\xf0\x9f\x92\xa5"
 
 
-def _fec_seed() -> bytes:
+def _fec_seed(lost: int = 0) -> bytes:
+    """A real encoded message and its closing heartbeat; `lost`: every lost-th datagram left
+    out, so the decoder needs its codec (a seed that reaches the repair path)."""
     payload = bytes(range(256)) * 40
     params = EncodeParams(symbol=512, redundancy=0.25, rounds=1, block_size=4096)
     grams = list(
@@ -97,6 +110,8 @@ def _fec_seed() -> bytes:
             io.BytesIO(payload), len(payload), "0" * 31 + "1", b"s" * 8, 1, False, params
         )
     )
+    if lost:
+        grams = [g for i, g in enumerate(grams) if i % lost]
     beat = heartbeat_datagram(b"s" * 8, 1, "import", "internet-gw", 1, 1000, [(1, "0" * 31 + "1")])
     return _DATAGRAM_SEP.join([*grams, beat])
 
@@ -147,7 +162,7 @@ def seed_corpus(target: str) -> list[bytes]:
         for f in sorted(VECTORS.glob("*.json")):
             seeds.append(json.loads(f.read_text())["header"].encode())
     if target == "fec":
-        seeds.append(_fec_seed())
+        seeds += [_fec_seed(), _fec_seed(lost=5)]
     if target == "config":
         seeds.append((here.parent.parent / "configs" / "example-gateway.yaml").read_bytes())
     if target == "topology":
