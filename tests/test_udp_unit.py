@@ -497,6 +497,34 @@ def test_the_sender_falls_back_to_one_datagram_a_send_when_gso_is_refused() -> N
         rx.close()
 
 
+def test_a_receiver_that_binds_after_the_sender_started_still_gets_the_message() -> None:
+    """A heartbeat to a port nobody holds yet comes back as ICMP "port unreachable", which the
+    kernel reports on the sender's next send (and drops that send). The sender sends it again
+    instead of failing the message (found by the demo: the message went to corrupt/)."""
+    port = _free_udp_port()
+    t = Transport("udp", f"udp://127.0.0.1:{port}", redundancy=0.25, heartbeat=60)
+    flow = Flow("import", "internet", "internal", "gw", "rcv", t, Policy(), 0)
+    tx = UdpLinkSender(flow)
+    rx = None
+    try:
+        assert tx.send_heartbeat("import", "gw", 0, "now", threading.Event())
+        time.sleep(0.2)  # the ICMP error is now pending on the sender's socket
+        rx = udp_store.UdpEnvelopeReceiver(flow, Path(tempfile.mkdtemp()), 1 << 30)
+        src = Path(tempfile.mkdtemp()) / "env"
+        src.write_bytes(os.urandom(100_000))
+        assert tx.send_envelope(src, TID, "import", "gw", False, threading.Event())
+        assert tx.icmp_errors == 1
+        arrived = []
+        deadline = time.monotonic() + 20
+        while not arrived and time.monotonic() < deadline:
+            arrived = [a for a in rx.poll(200) if isinstance(a, Arrival)]
+        assert arrived and (arrived[0].directory / "envelope").read_bytes() == src.read_bytes()
+    finally:
+        tx.close()
+        if rx is not None:
+            rx.close()
+
+
 def _free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))

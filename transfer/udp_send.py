@@ -46,6 +46,11 @@ GSO_MAX_SEGMENTS = 64
 #: before a worker would have answered)
 POOL_BLOCKS = 3
 _RETRY = (errno.ENOBUFS, errno.EAGAIN)  # the interface queue is full: wait for it
+#: An ICMP "port unreachable" for an earlier datagram (a receiver not bound yet, or
+#: restarting) is reported by the kernel on the next send of a connected socket, and that
+#: send did not go out. Nothing was read from the link: the kernel only cleared its error.
+#: Send again; a one-way device never carries that ICMP back anyway.
+_PENDING_ICMP = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
 #: GSO refused: no UDP_SEGMENT, a device without checksum offload, or a path that fragments
 _NO_GSO = (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EMSGSIZE)
 
@@ -87,6 +92,7 @@ class UdpLinkSender:
         self.params = EncodeParams(symbol_size(t.packet_size), t.redundancy, t.repeats)
         self.bucket = TokenBucket(t.bandwidth)
         self.gso = os.environ.get("ZONEGATE_UDP_GSO", "1") != "0"
+        self.icmp_errors = 0  # sends refused for an earlier datagram's ICMP error
         self.encoders = encoder_workers()
         self._pool: EncoderPool | None = None
         self.interval = t.heartbeat
@@ -116,6 +122,9 @@ class UdpLinkSender:
             except InterruptedError:
                 continue
             except OSError as e:
+                if e.errno in _PENDING_ICMP:
+                    self.icmp_errors += 1
+                    continue
                 if e.errno not in _RETRY:
                     raise
             if stop.wait(0.0005):
