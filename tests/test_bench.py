@@ -126,6 +126,22 @@ def test_udp_results_taken_from_either_schema_ratio_recomputed() -> None:
     got = {r.name: r for r in parse_udp_results(keyed, "f.json")}
     assert got["udp_vs_udpcast"].ratio == pytest.approx(0.5)
     assert "no result named udp_vs_pydiode" in (got["udp_vs_pydiode"].error or "")
+    assert "udp_vs_pydiode_shipped" not in got  # an extra row is shown only when measured
+
+
+def test_udp_extra_row_for_pydiode_as_shipped_is_kept_when_measured() -> None:
+    doc = {
+        "results": [
+            {"name": "udp_vs_udpcast", "value": 90, "baseline_value": 30},
+            {"name": "udp_vs_pydiode", "value": 90, "baseline_value": 300},
+            {"name": "udp_vs_pydiode_shipped", "value": 90, "baseline": "pydiode dflt",
+             "baseline_value": 45},
+        ]
+    }  # fmt: skip
+    got = {r.name: r for r in parse_udp_results(doc, "f.json")}
+    assert got["udp_vs_pydiode_shipped"].ratio == pytest.approx(2.0)
+    assert got["udp_vs_pydiode_shipped"].baseline == "pydiode dflt"
+    assert got["udp_vs_pydiode"].ratio == pytest.approx(0.3)
 
 
 def test_udp_results_never_invented() -> None:

@@ -30,6 +30,8 @@ from .results import Result, failed, measured
 __all__ = ["UDP_RESULTS", "parse_udp_results", "run_udp"]
 
 UDP_RESULTS = ("udp_vs_udpcast", "udp_vs_pydiode")
+#: shown when udp_compare.py measured them (no target): pydiode as it ships, beside the tuned run
+UDP_EXTRA = ("udp_vs_pydiode_shipped",)
 SCRIPT = REPO / "bench" / "udp_compare.py"
 
 
@@ -70,6 +72,13 @@ def parse_udp_results(doc: Any, source: str) -> list[Result]:
             out.append(failed(name, why, unit, baseline))
             continue
         out.append(measured(name, value, unit, baseline, base))
+    for name in UDP_EXTRA:
+        e = entries.get(name)
+        if e is None:
+            continue
+        value, base = _number(e.get("value")), _number(e.get("baseline_value"))
+        if value is not None and base is not None and base > 0:
+            out.append(measured(name, value, "MB/s", str(e.get("baseline", "")), base))
     return out
 
 
