@@ -9,6 +9,17 @@ Two stages, each its own thread so a slow disk write never stalls the socket:
 
 It writes nothing to the link. Anything refused is kept in `quarantine/` with its reason.
 
+Both stages work in batches (group commit) of whatever is waiting now, never waiting for more:
+the link stage takes every envelope the link has delivered in one poll, the deliver stage up to
+`BATCH_MESSAGES` (or `BATCH_BYTES`) of `received/`. Each step of the one-message path is done for
+the whole batch with one audit write and one durability barrier: metadata and records, barrier,
+renames into `received/`; and for delivery: open every envelope into `inbox/<flow>/tmp/`, the
+`verified`/`delivered` records and the `delivering_to` markers, barrier, the links into
+`inbox/<flow>/new/`, barrier, the `delivered_as` markers, barrier, the moves to `delivered/`,
+barrier. Every state change is still preceded by its durable audit record, and a file appears in
+`new/` only when its `delivering_to` marker is durable, so a crash anywhere finishes the delivery
+once (`_finish_delivery`) and never makes a second copy.
+
 Approvals are checked against this gateway's own people: an envelope of a flow that needs them is
 refused when one does not verify, when there are too few, or when one is from someone who is not a
 security officer here. A flow with `signed_delivery` gets a signed manifest beside each delivered
@@ -26,6 +37,7 @@ import os
 import shutil
 import threading
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO
@@ -36,11 +48,13 @@ from ..transfer import envelope as env
 from ..transfer import hops as hop_records
 from ..transfer.approvals import ApprovalRefused, Directory, Subject, Verified, check_approvals
 from ..transfer.durable import (
+    Barrier,
     durable_rename,
     fsync_dir,
     open_exclusive,
     replace_durably,
-    write_durably,
+    replace_file,
+    write_new,
 )
 from ..transfer.ids import new_message_id
 from ..transfer.keys import load_encryption_private, load_signing_private, load_signing_public
@@ -50,12 +64,17 @@ from ..transfer.publication import companion_paths, make_manifest, sign_manifest
 from ..transfer.spool import ENVELOPE, META, MessageMeta
 from ..transfer.udp_recv import kernel_rcvbuf_errors
 from ..zones.config import Flow
-from .agent import AgentContext, FailClosed, utc_now
+from .agent import AgentContext, AuditEntry, FailClosed, crash_point, utc_now
 
-__all__ = ["ReceiverAgent", "inbox_dirs"]
+__all__ = ["BATCH_BYTES", "BATCH_MESSAGES", "ReceiverAgent", "inbox_dirs"]
 
 log = logging.getLogger("zonegate.receiver")
 ENVELOPE_OVERHEAD = 1024 * 1024  # header, wrapped key, per-chunk tags, signature: generous
+#: The most messages, and envelope bytes, one delivery batch takes (at least one message).
+BATCH_MESSAGES = 256
+BATCH_BYTES = 16 * 1024 * 1024
+#: How long an idle deliver stage waits before it looks into received/ again.
+POLL_INTERVAL = 0.02
 
 
 def inbox_dirs(root: Path, flow: str) -> tuple[Path, Path]:
@@ -120,18 +139,23 @@ class ReceiverAgent:
         hop = flow.link_into(self.ctx.config.name)
         link = open_receiver(hop, scratch, flow.policy.max_size + ENVELOPE_OVERHEAD)
         self.ctx.metrics.link_up.labels(flow.name).set(1)
+        barrier = Barrier()
         try:
             while not self.ctx.stop.is_set():
                 if flow.transport.kind == "udp":
                     self.ctx.metrics.rcvbuf_errors.set(kernel_rcvbuf_errors())
+                arrivals: list[Arrival] = []
                 for item in link.poll(200):
                     if isinstance(item, Arrival):
                         self.ctx.metrics.bytes.labels(flow.name, "link").inc(item.size)
-                        self._accept_from_link(flow, item)
+                        arrivals.append(item)
                     else:
                         self._on_note(flow, item)
+                if arrivals:
+                    self._accept_from_link(flow, arrivals, barrier)
         finally:
             link.close()
+            barrier.close()
 
     def _on_note(self, flow: Flow, note: LinkNote) -> None:
         if note.kind == "heartbeat":
@@ -161,56 +185,141 @@ class ReceiverAgent:
         self.ctx.metrics.rejections.labels(flow.name, "link", reason).inc()
         log.warning("flow %s: %s: %s", flow.name, note.kind, note.reason)
 
-    def _accept_from_link(self, flow: Flow, arrival: Arrival) -> None:
+    def _accept_from_link(self, flow: Flow, arrivals: list[Arrival], barrier: Barrier) -> None:
+        """Take a poll's envelopes into received/, each after its durable record.
+
+        A re-send of a message held here is dropped as a duplicate; any other envelope with an
+        id we hold (or one seen earlier in the same batch) is a replay, kept in quarantine/.
+        """
         spool = self.ctx.spool
-        msg_id, work, resend = arrival.transfer, arrival.directory, arrival.resend
-        meta = MessageMeta(id=msg_id, flow=flow.name, system=flow.sender, original_name="")
-        meta = meta.replace(
-            resent=int(resend), created=utc_now(), extra={"link_sha256": arrival.sha256}
-        )
+        records: list[AuditEntry] = []
+        keep: list[tuple[Path, MessageMeta, Path]] = []  # work dir, meta, target
+        drop: list[Path] = []
+        refused: list[tuple[MessageMeta, str]] = []
         with self.lock:
-            known = (
-                spool.entry("delivered", msg_id).exists()
-                or spool.entry("received", msg_id).exists()
-            )
-            if known and resend:
-                # The sender could not know this arrived: drop the copy, say so.
-                self.ctx.record(
-                    "duplicate", meta, outcome="info", reason="re-send of a held message"
+            seen: set[str] = set()
+            for arrival in arrivals:
+                msg_id, work, resend = arrival.transfer, arrival.directory, arrival.resend
+                meta = MessageMeta(id=msg_id, flow=flow.name, system=flow.sender, original_name="")
+                meta = meta.replace(
+                    resent=int(resend), created=utc_now(), extra={"link_sha256": arrival.sha256}
                 )
-                self.ctx.metrics.messages.labels(flow.name, "receive", "duplicate").inc()
-                shutil.rmtree(work, ignore_errors=True)
-                return
-            write_durably(work / META, meta.to_json())
-            if known:
-                self._quarantine_dir(
-                    work, meta, "replay", "message id was already received or delivered", "replay"
+                known = (
+                    msg_id in seen
+                    or spool.entry("delivered", msg_id).exists()
+                    or spool.entry("received", msg_id).exists()
                 )
-                return
-            self.ctx.record("received-on-link", meta)
-            durable_rename(work, spool.entry("received", msg_id))
-        self.ctx.metrics.messages.labels(flow.name, "receive", "received").inc()
+                seen.add(msg_id)
+                if known and resend:
+                    # The sender could not know this arrived: drop the copy, say so.
+                    records.append(
+                        self.ctx.entry(
+                            "duplicate", meta, outcome="info", reason="re-send of a held message"
+                        )
+                    )
+                    drop.append(work)
+                    continue
+                if known:
+                    qid = new_message_id()
+                    reason = "message id was already received or delivered"
+                    meta = _refused_meta(meta, "replay", reason)
+                    records.append(
+                        self.ctx.entry(
+                            "replay",
+                            meta,
+                            outcome="refused",
+                            reason=f"replay: {reason}",
+                            quarantine=qid,
+                        )
+                    )
+                    keep.append((work, meta, spool.entry("quarantine", qid)))
+                    refused.append((meta, qid))
+                else:
+                    records.append(self.ctx.entry("received-on-link", meta))
+                    keep.append((work, meta, spool.entry("received", msg_id)))
+                write_new(work / META, meta.to_json(), barrier)
+            self.ctx.record_many(records)
+            barrier.commit()  # metadata and records before any envelope enters a state
+            crash_point("receiver-recorded")
+            for work, _meta, target in keep:
+                os.rename(work, target)
+                barrier.dir(target.parent)
+            if keep:
+                barrier.dir(spool.dir("tmp/link"))
+            barrier.commit()
+        for work in drop:
+            shutil.rmtree(work, ignore_errors=True)
+        for meta, qid in refused:
+            self._count_refusal(meta, "replay", qid)
+        accepted = len(keep) - len(refused)
+        if accepted:
+            self.ctx.metrics.messages.labels(flow.name, "receive", "received").inc(accepted)
+        if drop:
+            self.ctx.metrics.messages.labels(flow.name, "receive", "duplicate").inc(len(drop))
 
     # -- deliver stage ------------------------------------------------------------------
     def deliver_loop(self) -> None:
-        while not self.ctx.stop.is_set():
-            ids = self.ctx.spool.ids("received")
-            for msg_id in ids:
-                if self.ctx.stop.is_set():
-                    return
-                self._deliver_guarded(msg_id)
-            if not ids:
-                self.ctx.sleep(0.05)
-
-    def _deliver_guarded(self, msg_id: str) -> None:
-        """A message that breaks delivery goes to corrupt/; the ones behind it go on."""
+        barrier = Barrier()
         try:
-            self.deliver(msg_id)
+            while not self.ctx.stop.is_set():
+                ids = self.ctx.spool.ids("received")
+                if not ids:
+                    self.ctx.sleep(POLL_INTERVAL)
+                while ids and not self.ctx.stop.is_set():
+                    batch, ids = self._take(ids)
+                    self._deliver_batch_guarded(batch, barrier)
+        finally:
+            barrier.close()
+
+    def _take(self, ids: list[str]) -> tuple[list[str], list[str]]:
+        """The next batch: at most BATCH_MESSAGES, and BATCH_BYTES after the first message."""
+        total = 0
+        for i, msg_id in enumerate(ids[:BATCH_MESSAGES]):
+            with contextlib.suppress(OSError):
+                total += (self.ctx.spool.entry("received", msg_id) / ENVELOPE).stat().st_size
+            if total > BATCH_BYTES and i > 0:
+                return ids[:i], ids[i:]
+        return ids[:BATCH_MESSAGES], ids[BATCH_MESSAGES:]
+
+    def _deliver_batch_guarded(self, ids: list[str], barrier: Barrier) -> None:
+        """A batch that fails as a whole is delivered message by message, so the one message
+        that breaks it goes to corrupt/ and the others go on (`_deliver_guarded`)."""
+        if len(ids) == 1:
+            self._deliver_guarded(ids[0], barrier)
+            return
+        try:
+            self.deliver_batch(ids, barrier)
             self.ctx.metrics.disk_full.set(0)
             return
         except FailClosed:
             raise
         except OSError as e:
+            barrier.discard()
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                log.error("disk full while delivering; waiting for space: %s", e)
+                self.ctx.metrics.disk_full.set(1)
+                self.ctx.sleep(1.0)
+                return
+            log.exception("a delivery batch of %d failed; taking them one by one", len(ids))
+        except Exception:
+            barrier.discard()
+            log.exception("a delivery batch of %d failed; taking them one by one", len(ids))
+        for msg_id in ids:
+            if self.ctx.stop.is_set():
+                return
+            if self.ctx.spool.entry("received", msg_id).exists():
+                self._deliver_guarded(msg_id, barrier)
+
+    def _deliver_guarded(self, msg_id: str, barrier: Barrier) -> None:
+        """A message that breaks delivery goes to corrupt/; the ones behind it go on."""
+        try:
+            self.deliver_batch([msg_id], barrier)
+            self.ctx.metrics.disk_full.set(0)
+            return
+        except FailClosed:
+            raise
+        except OSError as e:
+            barrier.discard()
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 log.error("disk full while delivering %s; waiting for space: %s", msg_id, e)
                 self.ctx.metrics.disk_full.set(1)
@@ -218,6 +327,7 @@ class ReceiverAgent:
                 return
             reason = f"{type(e).__name__}: {e}"
         except Exception as e:
+            barrier.discard()
             reason = f"{type(e).__name__}: {e}"
         log.exception("cannot deliver received/%s; moving it to corrupt/", msg_id)
         if self.ctx.spool.entry("received", msg_id).exists():
@@ -226,7 +336,64 @@ class ReceiverAgent:
                 meta = self.ctx.spool.read_meta("received", msg_id)
             self._corrupt_received(msg_id, meta, f"internal error: {reason}")
 
-    def deliver(self, msg_id: str) -> None:
+    def deliver_batch(self, ids: list[str], barrier: Barrier) -> None:
+        """Verify, open and deliver a batch of received/ messages (see the module docstring)."""
+        spool = self.ctx.spool
+        opened: list[_Opened] = []
+        for msg_id in ids:
+            if self.ctx.stop.is_set():
+                break
+            o = self._open_one(msg_id, barrier)
+            if o is not None:
+                opened.append(o)
+        if not opened:
+            return
+        records: list[AuditEntry] = []
+        highest: dict[str, int] = {}
+        for o in opened:
+            records += o.records
+            records += self._sequence(o.flow, o.meta.seq, highest)
+            hops = o.meta.extra.get("hops")
+            extra = {"hops": hops} if hops else {}
+            records.append(self.ctx.entry("delivered", o.meta, path=o.want.name, **extra))
+            o.meta = o.meta.replace(extra={**o.meta.extra, "delivering_to": str(o.want)})
+            spool.write_meta("received", o.meta.id, o.meta, barrier)
+        for flow, seq in highest.items():
+            replace_file(self._seq_path(flow), str(seq).encode(), barrier)
+        self.ctx.record_many(records)
+        # Plaintexts, markers, counters and records durable before anything enters the inbox.
+        barrier.commit()
+        crash_point("receiver-opened")
+        for o in opened:
+            o.target = _link_no_clobber(o.part, o.want, o.meta.id)
+            crash_point("receiver-linked")
+            o.part.unlink()
+            barrier.dir(o.target.parent)
+            barrier.dir(o.part.parent)
+        barrier.commit()
+        for o in opened:
+            if o.flow.signed_delivery:
+                self._sign_publication(o.target, o.meta)
+            kept = {k: v for k, v in o.meta.extra.items() if k != "delivering_to"}
+            o.meta = o.meta.replace(
+                extra={**kept, "delivered_as": str(o.target), "delivered_at": utc_now()}
+            )
+            spool.write_meta("received", o.meta.id, o.meta, barrier)
+        barrier.commit()
+        crash_point("receiver-marked")
+        with self.lock:
+            for o in opened:
+                spool.move(o.meta.id, "received", "delivered", barrier)
+            barrier.commit()
+        for o in opened:
+            with contextlib.suppress(FileNotFoundError):
+                (spool.entry("delivered", o.meta.id) / ENVELOPE).unlink()
+            self._count_delivered(o.meta)
+            self.ctx.metrics.observe_stage(o.flow.name, "deliver", o.started)
+
+    def _open_one(self, msg_id: str, barrier: Barrier) -> _Opened | None:
+        """Verify and decrypt one message into its inbox's tmp/; None if it went elsewhere
+        (quarantine, corrupt, or a delivery interrupted by a crash, finished now)."""
         started = time.monotonic()
         spool = self.ctx.spool
         entry = spool.entry("received", msg_id)
@@ -235,16 +402,17 @@ class ReceiverAgent:
         except Exception as e:
             meta = MessageMeta(id=msg_id, flow="unknown", system="", original_name="")
             self._corrupt_received(msg_id, meta, f"unreadable metadata: {e}")
-            return
+            return None
         if meta.extra.get("delivering_to") or meta.extra.get("delivered_as"):
             self._finish_delivery(msg_id, meta)  # a crash interrupted it: finish, never redo
-            return
+            return None
         flow = self.flows.get(meta.flow)
+        records: list[AuditEntry] = []
         try:
             if flow is None:
                 raise Refused("unknown-flow", f"flow {meta.flow!r} is not received here")
-            header = self._verify_and_open(entry, flow, meta)
-            approvals = self._check_approvals(flow, header)
+            header, part = self._verify_and_open(entry, flow, meta, records, barrier)
+            approvals = self._check_approvals(flow, header, records)
         except Refused as r:
             if self._damaged_on_disk(entry, meta):
                 self._corrupt_received(
@@ -252,7 +420,7 @@ class ReceiverAgent:
                 )
             else:
                 self._quarantine_received(msg_id, meta, r.code, r.reason, r.event)
-            return
+            return None
         meta = _meta_from_header(header, resent=meta.resent)
         if header.message_id in self._hops:  # the delivered record lists every hop
             meta = meta.replace(extra={"hops": self._hops.pop(header.message_id)})
@@ -260,11 +428,20 @@ class ReceiverAgent:
             meta = meta.replace(
                 extra={**meta.extra, "approvers": [_approver(v) for v in approvals]}
             )
-        self._sequence(flow, header.sequence, meta)
-        self._deliver_plaintext(msg_id, meta, flow)
-        self.ctx.metrics.observe_stage(flow.name, "deliver", started)
+        _tmp, new = inbox_dirs(self.ctx.config.inbox, flow.name)
+        want = new / safe_name(meta.original_name, fallback=msg_id)
+        return _Opened(meta, flow, records, part, want, started)
 
-    def _verify_and_open(self, entry: Path, flow: Flow, meta: MessageMeta) -> env.Header:
+    def _verify_and_open(
+        self,
+        entry: Path,
+        flow: Flow,
+        meta: MessageMeta,
+        records: list[AuditEntry],
+        barrier: Barrier,
+    ) -> tuple[env.Header, Path]:
+        """Check and decrypt the envelope into `inbox/<flow>/tmp/<id>.part` (durable when
+        `barrier` commits); the `verified` record goes into `records`."""
         path = entry / ENVELOPE
         with open(path, "rb") as src:
             try:
@@ -300,8 +477,8 @@ class ReceiverAgent:
                 src.seek(offset)
                 with open_exclusive(part) as dst:
                     env.open_envelope(src, dst, self.private_key, self._sender_key)
-                    dst.flush()
-                    os.fsync(dst.fileno())
+                barrier.file(part)
+                barrier.dir(part.parent)
             except env.EnvelopeError as e:
                 with contextlib.suppress(FileNotFoundError):
                     part.unlink()
@@ -312,11 +489,11 @@ class ReceiverAgent:
                 raise
         verified = _meta_from_header(header, resent=meta.resent)
         if flow.via:
-            self.ctx.record("verified", verified, hops=hop_records.summary(hops))
+            records.append(self.ctx.entry("verified", verified, hops=hop_records.summary(hops)))
             self._hops[header.message_id] = hop_records.summary(hops)
         else:
-            self.ctx.record("verified", verified)
-        return header
+            records.append(self.ctx.entry("verified", verified))
+        return header, part
 
     def _check_hops(
         self, src: BinaryIO, flow: Flow, header: env.Header, hops: tuple, offset: int
@@ -335,7 +512,9 @@ class ReceiverAgent:
             return None
         return public
 
-    def _check_approvals(self, flow: Flow, header: env.Header) -> tuple[Verified, ...]:
+    def _check_approvals(
+        self, flow: Flow, header: env.Header, records: list[AuditEntry]
+    ) -> tuple[Verified, ...]:
         """The flow's approvals, verified against our own officers; each one is audited.
 
         Runs after the envelope's signature verified, so a refusal here is about the approvals
@@ -354,13 +533,15 @@ class ReceiverAgent:
             raise Refused(r.code, r.reason) from None
         meta = _meta_from_header(header, resent=0)
         for v in verified:
-            self.ctx.record(
-                "approved",
-                meta,
-                reason="approval verified against this gateway's officers",
-                who={"person": v.officer.name, "role": v.officer.role},
-                fingerprint=v.officer.key_id,
-                approved_at=v.time,
+            records.append(
+                self.ctx.entry(
+                    "approved",
+                    meta,
+                    reason="approval verified against this gateway's officers",
+                    who={"person": v.officer.name, "role": v.officer.role},
+                    fingerprint=v.officer.key_id,
+                    approved_at=v.time,
+                )
             )
         return verified
 
@@ -370,29 +551,32 @@ class ReceiverAgent:
             return None
         return public
 
-    def _sequence(self, flow: Flow, seq: int, meta: MessageMeta) -> None:
-        path = self.ctx.spool.dir("state") / f"{flow.name}.received-seq"
-        highest = 0
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            highest = int(path.read_text())
-        if seq > highest + 1:
-            missing = seq - highest - 1
-            self.ctx.record(
-                "gap",
-                {"flow": flow.name, "seq": seq},
-                outcome="info",
-                reason=f"sequence {highest + 1}..{seq - 1} not seen before {seq}",
+    def _seq_path(self, flow: str) -> Path:
+        return self.ctx.spool.dir("state") / f"{flow}.received-seq"
+
+    def _sequence(self, flow: Flow, seq: int, highest: dict[str, int]) -> list[AuditEntry]:
+        """A `gap` record if `seq` skips numbers; `highest` is the batch's running maximum
+        per flow (the caller writes it to the counter file, durable with the batch)."""
+        if flow.name not in highest:
+            last = 0
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                last = int(self._seq_path(flow.name).read_text())
+            highest[flow.name] = last
+        last = highest[flow.name]
+        out = []
+        if seq > last + 1:
+            missing = seq - last - 1
+            out.append(
+                self.ctx.entry(
+                    "gap",
+                    {"flow": flow.name, "seq": seq},
+                    outcome="info",
+                    reason=f"sequence {last + 1}..{seq - 1} not seen before {seq}",
+                )
             )
             self.ctx.metrics.gaps.labels(flow.name).inc(missing)
-        if seq > highest:
-            replace_durably(path, str(seq).encode())
-
-    def _deliver_plaintext(self, msg_id: str, meta: MessageMeta, flow: Flow) -> None:
-        _tmp, new = inbox_dirs(self.ctx.config.inbox, flow.name)
-        name = safe_name(meta.original_name, fallback=msg_id)
-        meta = meta.replace(extra={**meta.extra, "delivering_to": str(new / name)})
-        self.ctx.spool.write_meta("received", msg_id, meta)
-        self._finish_delivery(msg_id, meta)
+        highest[flow.name] = max(last, seq)
+        return out
 
     def _finish_delivery(self, msg_id: str, meta: MessageMeta) -> None:
         """Link the plaintext into the inbox, then mark the message delivered.
@@ -436,6 +620,9 @@ class ReceiverAgent:
             spool.move(msg_id, "received", "delivered")
         with contextlib.suppress(FileNotFoundError):
             (spool.entry("delivered", msg_id) / ENVELOPE).unlink()
+        self._count_delivered(meta)
+
+    def _count_delivered(self, meta: MessageMeta) -> None:
         self.ctx.metrics.messages.labels(meta.flow, "deliver", "delivered").inc()
         self.ctx.metrics.bytes.labels(meta.flow, "deliver").inc(meta.size)
         self.ctx.metrics.observe_since(meta.flow, None, meta.created)
@@ -502,15 +689,35 @@ class ReceiverAgent:
     ) -> None:
         """Keep a refused envelope under a fresh id (a replay reuses an id we already hold)."""
         qid = new_message_id()
-        meta = meta.replace(
-            reason_code=code, reason=reason, extra={**meta.extra, "claimed_id": meta.id}
-        )
+        meta = _refused_meta(meta, code, reason)
         self.ctx.record(event, meta, outcome="refused", reason=f"{code}: {reason}", quarantine=qid)
         replace_durably(work / META, meta.to_json())
         durable_rename(work, self.ctx.spool.entry("quarantine", qid))
+        self._count_refusal(meta, code, qid)
+
+    def _count_refusal(self, meta: MessageMeta, code: str, qid: str) -> None:
         self.ctx.metrics.messages.labels(meta.flow, "receive", "refused").inc()
         self.ctx.metrics.rejections.labels(meta.flow, "receive", code).inc()
-        log.warning("quarantined envelope %s as %s: %s: %s", meta.id, qid, code, reason)
+        log.warning("quarantined envelope %s as %s: %s: %s", meta.id, qid, code, meta.reason)
+
+
+@dataclass
+class _Opened:
+    """A message of a delivery batch, decrypted into `part`, on its way to `want`."""
+
+    meta: MessageMeta
+    flow: Flow
+    records: list[AuditEntry]
+    part: Path
+    want: Path
+    started: float
+    target: Path = Path()
+
+
+def _refused_meta(meta: MessageMeta, code: str, reason: str) -> MessageMeta:
+    return meta.replace(
+        reason_code=code, reason=reason, extra={**meta.extra, "claimed_id": meta.id}
+    )
 
 
 def _approver(v: Verified) -> dict[str, str]:

@@ -9,6 +9,20 @@ receiver drops a re-send of a message it already holds and records it as a dupli
 A message of a flow that needs approvals is sealed only with enough valid approvals, checked here
 against this gateway's own people (whatever put it into `ready/`); the approvals travel in the
 envelope header, covered by the gateway's signature. Without them it goes to quarantine.
+
+Batches (group commit): each step takes every message waiting now, up to `BATCH_MESSAGES` or
+`BATCH_BYTES`, and never waits for more. Per batch, in this order:
+
+1. seal: each message is sealed into `ready/<id>/envelope` (numbered in order, counter kept in
+   `state/<flow>.seq`); the `sealed` records; one barrier makes the envelopes, the numbered
+   metadata and the counter durable; only then the renames `ready/<id>` -> `active/<id>` (and
+   the plaintext is removed); barrier. An envelope in `ready/` is never sent: a crash before the
+   move seals the message again, with a fresh key.
+2. send: each envelope goes onto the link; the `sent` records; barrier over the metadata; the
+   renames `active/<id>` -> `sent/<id>`; barrier.
+
+A message is durable in `active/`, sealed and numbered, before any byte of it leaves, so a
+crash at any point re-sends it from there, marked as a re-send, and never numbers it twice.
 """
 
 from __future__ import annotations
@@ -28,20 +42,25 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from ..transfer import envelope as env
 from ..transfer.approvals import ApprovalRefused, Directory, check_approvals
-from ..transfer.durable import fsync_dir, replace_durably
+from ..transfer.durable import Barrier, fsync_dir, replace_file
 from ..transfer.keys import load_encryption_public, load_signing_private
 from ..transfer.link import LinkSender, open_sender
 from ..transfer.spool import DATA, ENVELOPE, META, MessageMeta, SpoolError
 from ..zones.config import Flow
-from .agent import AgentContext, FailClosed, utc_now
+from .agent import AgentContext, AuditEntry, FailClosed, crash_point, utc_now
 from .review import subject_for
 
-__all__ = ["SenderAgent"]
+__all__ = ["BATCH_BYTES", "BATCH_MESSAGES", "SenderAgent"]
 
 log = logging.getLogger("zonegate.sender")
 HEARTBEAT_INTERVAL = 2.0
 MIN_RESEND_MESSAGES = 8
 PRUNE_INTERVAL = 60.0
+#: The most messages, and plaintext or envelope bytes, one batch takes (at least one message).
+BATCH_MESSAGES = 256
+BATCH_BYTES = 16 * 1024 * 1024
+#: How long an idle sender waits before it looks for work again.
+POLL_INTERVAL = 0.02
 
 
 @dataclass
@@ -57,14 +76,16 @@ class _FlowLink:
     resend: list[str] = field(default_factory=list)
     #: messages sent after the link was seen to go down (they went into a dead connection)
     since_down: list[str] | None = None
+    #: envelope bytes held in `recent`
+    recent_bytes: int = 0
 
     def remember(self, msg_id: str, size: int) -> None:
         self.recent.append((msg_id, size))
-        total = sum(n for _, n in self.recent)
-        while len(self.recent) > MIN_RESEND_MESSAGES and total - self.recent[0][1] >= (
+        self.recent_bytes += size
+        while len(self.recent) > MIN_RESEND_MESSAGES and self.recent_bytes - self.recent[0][1] >= (
             self.flow.resend_window
         ):
-            total -= self.recent.popleft()[1]
+            self.recent_bytes -= self.recent.popleft()[1]
         if self.since_down is not None:
             self.since_down.append(msg_id)
 
@@ -80,6 +101,7 @@ class SenderAgent:
         #: or re-sent from sent/) is checked against our signature before it goes out
         self._sealed_here: set[str] = set()
         self._last_prune = 0.0
+        self.barrier = Barrier()
         for flow in cfg.outgoing_flows():
             peer = cfg.peer(flow.receiver)
             # A relayed flow leaves over the link into its first relay; sealing is still for
@@ -110,40 +132,112 @@ class SenderAgent:
     # -- main loop ----------------------------------------------------------------------
     def run(self) -> None:
         self.ctx.record("agent-started", outcome="info")
-        for msg_id in self.ctx.spool.ids("active"):
-            # A previous run may have sent these in part or in full: they go again, as re-sends.
-            with contextlib.suppress(Exception):
-                meta = self.ctx.spool.read_meta("active", msg_id)
-                if meta.resent == 0:
-                    self.ctx.spool.write_meta("active", msg_id, meta.replace(resent=1))
         try:
+            self._recover_active()
             while not self.ctx.stop.is_set():
                 if not self.step():
-                    self.ctx.sleep(0.1)
+                    self.ctx.sleep(POLL_INTERVAL)
             self.ctx.record("agent-stopped", outcome="info")
         except FailClosed:
             pass  # the audit log is unwritable: nothing more may move, not even a stop record
         finally:
             for state in self.links.values():
                 state.link.close()
+            self.barrier.close()
+
+    def _recover_active(self) -> None:
+        """What a previous run left in active/ may have gone out in part or in full.
+
+        It goes again, marked as a re-send; a plaintext left beside a complete envelope (a crash
+        between the move into active/ and the unlink) is removed, so only ciphertext stays.
+        """
+        spool = self.ctx.spool
+        for msg_id in spool.ids("active"):
+            entry = spool.entry("active", msg_id)
+            with contextlib.suppress(Exception):
+                meta = spool.read_meta("active", msg_id)
+                if meta.resent == 0:
+                    spool.write_meta("active", msg_id, meta.replace(resent=1), self.barrier)
+            if (entry / ENVELOPE).exists() and (entry / DATA).exists():
+                (entry / DATA).unlink()
+                self.barrier.dir(entry)
+        self.barrier.commit()
 
     def step(self) -> bool:
         busy = False
         self._service_links()
-        for msg_id in self.ctx.spool.ids("ready"):
-            if self.ctx.stop.is_set():
-                return busy
-            self._guarded("ready", msg_id, self.seal)
+        ready = self.ctx.spool.ids("ready")
+        while ready and not self.ctx.stop.is_set():
+            batch, ready = self._take("ready", ready)
+            self._batch_guarded("ready", batch, self.seal_batch)
             busy = True
-        for msg_id in self.ctx.spool.ids("active"):
-            if self.ctx.stop.is_set():
-                return busy
-            self._service_links()
-            busy = bool(self._guarded("active", msg_id, self.send)) or busy
+            # Send what was just sealed before sealing more: nothing waits for the whole queue.
+            busy = self._send_active() or busy
+        if not busy:
+            busy = self._send_active()
         self._heartbeats()
         if time.monotonic() - self._last_prune > PRUNE_INTERVAL:
             self.prune_sent()
         return busy
+
+    def _send_active(self) -> bool:
+        busy = False
+        active = self.ctx.spool.ids("active")
+        while active and not self.ctx.stop.is_set():
+            self._service_links()
+            batch, active = self._take("active", active)
+            busy = bool(self._batch_guarded("active", batch, self.send_batch)) or busy
+        return busy
+
+    def _take(self, state: str, ids: list[str]) -> tuple[list[str], list[str]]:
+        """The next batch: at most BATCH_MESSAGES, and BATCH_BYTES after the first message."""
+        spool = self.ctx.spool
+        name = DATA if state == "ready" else ENVELOPE
+        total = 0
+        for i, msg_id in enumerate(ids[:BATCH_MESSAGES]):
+            try:
+                total += (spool.entry(state, msg_id) / name).stat().st_size
+            except OSError:
+                continue
+            if total > BATCH_BYTES and i > 0:
+                return ids[:i], ids[i:]
+        return ids[:BATCH_MESSAGES], ids[BATCH_MESSAGES:]
+
+    def _batch_guarded(
+        self, state: str, ids: list[str], step: Callable[[list[str]], object]
+    ) -> object:
+        """A batch step; if it fails as a whole, its messages are taken one by one.
+
+        A full disk is waited out (the messages stay where they are). Any other failure of a
+        batch is retried message by message (`_guarded`), so that the one message that causes
+        it goes to corrupt/ with the error as its reason and the others go on.
+        """
+        if len(ids) == 1:
+            return self._guarded(state, ids[0], lambda i: step([i]))
+        try:
+            result = step(ids)
+            self.ctx.metrics.disk_full.set(0)
+            return result
+        except FailClosed:
+            raise
+        except OSError as e:
+            self.barrier.discard()
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                log.error("disk full while handling a batch of %s/; waiting: %s", state, e)
+                self.ctx.metrics.disk_full.set(1)
+                self.ctx.sleep(1.0)
+                return False
+            log.exception("a batch of %d in %s/ failed; taking them one by one", len(ids), state)
+        except Exception:
+            self.barrier.discard()
+            log.exception("a batch of %d in %s/ failed; taking them one by one", len(ids), state)
+        result = False
+        for msg_id in ids:
+            if self.ctx.stop.is_set():
+                break
+            if self.ctx.spool.entry(state, msg_id).exists():
+                result = self._guarded(state, msg_id, lambda i: step([i])) or result
+        return result
 
     def prune_sent(self, now: float | None = None) -> int:
         """Remove sent envelopes older than their flow's retention, outside the resend window."""
@@ -233,25 +327,68 @@ class SenderAgent:
 
     # -- sealing ------------------------------------------------------------------------
     def seal(self, msg_id: str) -> None:
+        self.seal_batch([msg_id])
+
+    def seal_batch(self, ids: list[str]) -> None:
+        """Seal messages of ready/ and move them to active/, each after its `sealed` record."""
         spool = self.ctx.spool
-        try:
-            meta = spool.read_meta("ready", msg_id)
-            state = self.links[meta.flow]
-        except Exception as e:
-            self._corrupt("ready", msg_id, None, f"unreadable or unknown flow: {e}")
+        barrier = self.barrier
+        sealed: list[MessageMeta] = []
+        last_seq: dict[str, int] = {}
+        for msg_id in ids:
+            if self.ctx.stop.is_set():
+                break
+            try:
+                meta = spool.read_meta("ready", msg_id)
+                state = self.links[meta.flow]
+            except Exception as e:
+                self._corrupt("ready", msg_id, None, f"unreadable or unknown flow: {e}")
+                continue
+            if not self._approved("ready", meta, state):
+                continue
+            # Numbered only once it is sealed: a message that cannot be sealed takes no number.
+            meta = meta.replace(seq=last_seq.get(meta.flow, state.seq) + 1)
+            entry = spool.entry("ready", msg_id)
+            try:
+                self._seal_to(entry / DATA, entry / ENVELOPE, meta, state)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT) and sealed:
+                    break  # move on what is sealed; the rest waits for space
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                self._corrupt("ready", msg_id, meta, f"cannot seal: {e}")
+                continue
+            except env.EnvelopeError as e:
+                self._corrupt("ready", msg_id, meta, f"cannot seal: {e}")
+                continue
+            barrier.file(entry / ENVELOPE)
+            spool.write_meta("ready", msg_id, meta, barrier)
+            last_seq[meta.flow] = meta.seq
+            sealed.append(meta)
+        if not sealed:
             return
-        if not self._approved("ready", meta, state):
-            return
-        seq = state.seq + 1
-        meta = meta.replace(seq=seq)
-        self.ctx.record("sealed", meta)
-        # The number is written before the move, so a message in active/ always has one; a
-        # crash before the move leaves it in ready/, where it is simply numbered again.
-        spool.write_meta("ready", msg_id, meta)
-        spool.move(msg_id, "ready", "active")
-        state.seq = seq
-        replace_durably(self._seq_file(meta.flow), str(seq).encode())
-        self._seal_in_place(msg_id, meta, state)
+        self.ctx.record_many([self.ctx.entry("sealed", meta) for meta in sealed])
+        # Envelopes and numbered metadata durable before anything reaches active/: a message
+        # in active/ always has its number and its envelope.
+        barrier.commit()
+        crash_point("sender-sealed")
+        for flow, seq in last_seq.items():
+            # Taken in memory now: should a move below fail, no number is given twice.
+            self.links[flow].seq = seq
+        for meta in sealed:
+            target = spool.move(meta.id, "ready", "active", barrier)
+            crash_point("sender-moved")
+            (target / DATA).unlink()  # past this point only ciphertext stays in the spool
+            barrier.dir(target)
+            self._sealed_here.add(meta.id)
+        # The counter follows the moves (as for one message): a crash before them leaves the
+        # batch in ready/, numbered again from the same counter, so no number is skipped; one
+        # after them finds the numbers in active/ (_load_seq).
+        for flow, seq in last_seq.items():
+            replace_file(self._seq_file(flow), str(seq).encode(), barrier)
+        barrier.commit()
+        for meta in sealed:
+            self.ctx.metrics.messages.labels(meta.flow, "seal", "ok").inc()
 
     def _approved(self, spool_state: str, meta: MessageMeta, state: _FlowLink) -> bool:
         """Enough valid approvals for the flow, or quarantine (audit record and metric first)."""
@@ -278,11 +415,9 @@ class SenderAgent:
         log.warning("not sealing %s (%s): %s: %s", meta.id, meta.original_name, code, reason)
         return False
 
-    def _seal_in_place(self, msg_id: str, meta: MessageMeta, state: _FlowLink) -> bool:
-        entry = self.ctx.spool.entry("active", msg_id)
+    def _seal_to(self, src: Path, dst: Path, meta: MessageMeta, state: _FlowLink) -> None:
+        """Seal `src` into a new `dst` (not yet durable); a partial `dst` is removed on error."""
         cfg = self.ctx.config
-        if not self._approved("active", meta, state):
-            return False
         header = env.Header(
             version=1,
             message_id=meta.id,
@@ -302,19 +437,30 @@ class SenderAgent:
             classification=_level(cfg, state.flow.source),
             approvals=_approvals(meta) if state.flow.approval.required else (),
         )
-        tmp = entry / (ENVELOPE + ".tmp")
         with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+            dst.unlink()  # what a crashed run began
         started = time.monotonic()
         try:
-            fd = os.open(entry / DATA, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            with os.fdopen(fd, "rb") as src, open(tmp, "xb") as dst:
-                env.seal(src, dst, header, state.recipient_key, self.signing_key)
-                dst.flush()
-                os.fsync(dst.fileno())
-        except (OSError, env.EnvelopeError) as e:
+            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f, open(dst, "xb") as out:
+                env.seal(f, out, header, state.recipient_key, self.signing_key)
+        except BaseException:
             with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+                dst.unlink()
+            raise
+        self.ctx.metrics.observe_stage(meta.flow, "seal", started)
+
+    def _seal_in_place(self, msg_id: str, meta: MessageMeta, state: _FlowLink) -> bool:
+        """Seal a message found in active/ with only its plaintext (left by an older version)."""
+        entry = self.ctx.spool.entry("active", msg_id)
+        if not self._approved("active", meta, state):
+            return False
+        tmp = entry / (ENVELOPE + ".tmp")
+        try:
+            self._seal_to(entry / DATA, tmp, meta, state)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        except (OSError, env.EnvelopeError) as e:
             self._corrupt("active", msg_id, meta, f"cannot seal: {e}")
             return False
         os.rename(tmp, entry / ENVELOPE)
@@ -322,75 +468,109 @@ class SenderAgent:
         fsync_dir(entry)
         self._sealed_here.add(msg_id)
         self.ctx.metrics.messages.labels(meta.flow, "seal", "ok").inc()
-        self.ctx.metrics.observe_stage(meta.flow, "seal", started)
         return True
 
     # -- sending ------------------------------------------------------------------------
     def send(self, msg_id: str) -> bool:
-        """Seal-if-needed and send one active message; False when nothing could go out."""
+        return self.send_batch([msg_id])
+
+    def send_batch(self, ids: list[str]) -> bool:
+        """Send active messages and move them to sent/; False when nothing could go out."""
         spool = self.ctx.spool
-        entry = spool.entry("active", msg_id)
-        try:
-            meta = spool.read_meta("active", msg_id)
-            state = self.links[meta.flow]
-        except Exception as e:
-            self._corrupt("active", msg_id, None, f"unreadable or unknown flow: {e}")
+        barrier = self.barrier
+        sent: list[tuple[MessageMeta, float]] = []
+        for msg_id in ids:
+            if self.ctx.stop.is_set():
+                break
+            self._service_links()  # a link that went down is noticed between messages
+            entry = spool.entry("active", msg_id)
+            try:
+                meta = spool.read_meta("active", msg_id)
+                state = self.links[meta.flow]
+            except Exception as e:
+                self._corrupt("active", msg_id, None, f"unreadable or unknown flow: {e}")
+                continue
+            if not state.link.connected:
+                continue  # stays in active/; sealing goes on while the link is down
+            # A crash between taking the message and sealing it leaves only plaintext: seal it.
+            if not (entry / ENVELOPE).exists() and not (
+                (entry / DATA).exists() and self._seal_in_place(msg_id, meta, state)
+            ):
+                if spool.entry("active", msg_id).exists():
+                    self._corrupt("active", msg_id, meta, "neither plaintext nor envelope left")
+                continue
+            if msg_id not in self._sealed_here and (problem := self._damage(entry)) is not None:
+                self._corrupt("active", msg_id, meta, problem)
+                continue
+            started = time.monotonic()
+            ok = state.link.send_envelope(
+                entry / ENVELOPE,
+                meta.id,
+                meta.flow,
+                self.ctx.config.name,
+                meta.resent > 0,
+                self.ctx.stop,
+            )
+            if not ok:
+                # Stopping, or the link went down mid-way: it stays in active/, goes again.
+                break
+            sent.append((meta, started))
+        if not sent:
             return False
-        # A crash between taking the message and sealing it leaves only plaintext: seal it now.
-        if not state.link.connected:
-            return False  # stays in active/; sealing goes on while the link is down
-        if not (entry / ENVELOPE).exists() and not (
-            (entry / DATA).exists() and self._seal_in_place(msg_id, meta, state)
-        ):
-            if spool.entry("active", msg_id).exists():
-                self._corrupt("active", msg_id, meta, "neither plaintext nor envelope left")
-            return False
-        if msg_id not in self._sealed_here and (problem := self._damage(entry)) is not None:
-            self._corrupt("active", msg_id, meta, problem)
-            return False
-        resend = meta.resent > 0
-        started = time.monotonic()
-        ok = state.link.send_envelope(
-            entry / ENVELOPE, meta.id, meta.flow, self.ctx.config.name, resend, self.ctx.stop
+        self.ctx.record_many(
+            [self.ctx.entry("resent" if m.resent else "sent", m) for m, _started in sent]
         )
-        if not ok:
-            return False  # stopping; the message stays in active/ and goes again next start
-        meta = meta.replace(sent_at=utc_now())
-        self.ctx.record("resent" if resend else "sent", meta)
-        spool.write_meta("active", msg_id, meta)
-        spool.move(msg_id, "active", "sent")
-        self._sealed_here.discard(msg_id)  # only active/ needs it; the set must not grow
-        size = (spool.entry("sent", msg_id) / ENVELOPE).stat().st_size
-        state.remember(msg_id, size)
-        self.ctx.metrics.messages.labels(meta.flow, "send", "resent" if resend else "sent").inc()
-        self.ctx.metrics.bytes.labels(meta.flow, "send").inc(size)
-        self.ctx.metrics.observe_stage(meta.flow, "send", started)
+        crash_point("sender-sent")
+        for meta, _started in sent:
+            # meta.json's time says when it was sent (the resend window and the retention
+            # count from it); the record above holds the exact time, so it is not rewritten.
+            os.utime(spool.entry("active", meta.id) / META)
+            spool.move(meta.id, "active", "sent", barrier)
+        barrier.commit()
+        for meta, started in sent:
+            self._sealed_here.discard(meta.id)  # only active/ needs it; the set must not grow
+            size = (spool.entry("sent", meta.id) / ENVELOPE).stat().st_size
+            self.links[meta.flow].remember(meta.id, size)
+            outcome = "resent" if meta.resent else "sent"
+            self.ctx.metrics.messages.labels(meta.flow, "send", outcome).inc()
+            self.ctx.metrics.bytes.labels(meta.flow, "send").inc(size)
+            self.ctx.metrics.observe_stage(meta.flow, "send", started)
         return True
 
     def _resend(self, state: _FlowLink) -> None:
         spool = self.ctx.spool
         todo, state.resend = list(dict.fromkeys(state.resend)), []
-        for i, msg_id in enumerate(todo):
-            if self.ctx.stop.is_set() or not state.link.connected:
-                state.resend = todo[i:] + state.resend
-                return
-            entry = spool.entry("sent", msg_id)
-            try:
-                meta = spool.read_meta("sent", msg_id)
-            except SpoolError as e:  # pruned by retention or moved to corrupt/ meanwhile
-                log.info("not re-sending %s: %s", msg_id, e)
-                continue
-            if msg_id not in self._sealed_here and (problem := self._damage(entry)) is not None:
-                self._corrupt("sent", msg_id, meta, problem)
-                continue
-            ok = state.link.send_envelope(
-                entry / ENVELOPE, meta.id, meta.flow, self.ctx.config.name, True, self.ctx.stop
-            )
-            if not ok:
-                state.resend = todo[i:] + state.resend
-                return
-            self.ctx.record("resent", meta, outcome="info", reason="link re-established")
-            self.ctx.metrics.messages.labels(meta.flow, "send", "resent").inc()
+        records: list[AuditEntry] = []
+        try:
+            for i, msg_id in enumerate(todo):
+                if self.ctx.stop.is_set() or not state.link.connected:
+                    state.resend = todo[i:] + state.resend
+                    return
+                entry = spool.entry("sent", msg_id)
+                try:
+                    meta = spool.read_meta("sent", msg_id)
+                except SpoolError as e:  # pruned by retention or moved to corrupt/ meanwhile
+                    log.info("not re-sending %s: %s", msg_id, e)
+                    continue
+                if msg_id not in self._sealed_here and (problem := self._damage(entry)):
+                    self._corrupt("sent", msg_id, meta, problem)
+                    continue
+                ok = state.link.send_envelope(
+                    entry / ENVELOPE, meta.id, meta.flow, self.ctx.config.name, True, self.ctx.stop
+                )
+                if not ok:
+                    state.resend = todo[i:] + state.resend
+                    return
+                records.append(
+                    self.ctx.entry("resent", meta, outcome="info", reason="link re-established")
+                )
+                self.ctx.metrics.messages.labels(meta.flow, "send", "resent").inc()
+                if len(records) >= BATCH_MESSAGES:
+                    self.ctx.record_many(records)
+                    records = []
+        finally:
+            # Informational (no state changes with a re-send): written once per batch.
+            self.ctx.record_many(records)
 
     def _guarded(self, state: str, msg_id: str, step: Callable[[str], object]) -> object:
         """One message's step; a failure it causes is its own, never the queue's.
@@ -405,6 +585,7 @@ class SenderAgent:
         except FailClosed:
             raise
         except OSError as e:
+            self.barrier.discard()
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 log.error("disk full while handling %s; waiting for space: %s", msg_id, e)
                 self.ctx.metrics.disk_full.set(1)
@@ -412,6 +593,7 @@ class SenderAgent:
                 return False
             reason = f"{type(e).__name__}: {e}"
         except Exception as e:
+            self.barrier.discard()
             reason = f"{type(e).__name__}: {e}"
         log.exception("cannot handle %s/%s; moving it to corrupt/", state, msg_id)
         meta = None

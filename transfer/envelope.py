@@ -490,8 +490,10 @@ def seal_deterministic(
 
     plain_hash = hashlib.sha256()
     body_hash = hashlib.sha256()
-    pt_buf = bytearray(chunk_size)
-    ct_buf = bytearray(chunk_size + TAG_LENGTH)
+    # No bigger than the file: a 1 KiB message must not zero two 1 MiB buffers.
+    largest = min(chunk_size, header.size)
+    pt_buf = bytearray(largest)
+    ct_buf = bytearray(largest + TAG_LENGTH)
     pt_view = memoryview(pt_buf)
     ct_view = memoryview(ct_buf)
     remaining = header.size
@@ -605,9 +607,10 @@ def _verify_signature(
     src.seek(body_start)
     wrapped = _read_exact(src, WRAPPED_KEY_LENGTH, "wrapped key")
     body_hash = hashlib.sha256()
-    buf = bytearray(min(max(header.chunk_size, DEFAULT_CHUNK_SIZE), 4 * DEFAULT_CHUNK_SIZE))
-    view = memoryview(buf)
     remaining = _body_length(header)
+    block = min(max(header.chunk_size, DEFAULT_CHUNK_SIZE), 4 * DEFAULT_CHUNK_SIZE)
+    buf = bytearray(min(block, remaining))
+    view = memoryview(buf)
     while remaining:
         want = min(len(buf), remaining)
         if _readinto_exact(src, view[:want]) != want:
@@ -676,8 +679,9 @@ def open_envelope(
     hh = header.digest()
     chunk_size = header.chunk_size
     n_chunks = chunk_count(header.size, chunk_size)
-    ct_buf = bytearray(chunk_size + TAG_LENGTH)
-    pt_buf = bytearray(chunk_size)
+    largest = min(chunk_size, header.size)
+    ct_buf = bytearray(largest + TAG_LENGTH)
+    pt_buf = bytearray(largest)
     ct_view = memoryview(ct_buf)
     pt_view = memoryview(pt_buf)
     plain_hash = hashlib.sha256()

@@ -73,7 +73,8 @@ class LinkSender(Protocol):
     def send_envelope(
         self, path: Path, transfer: str, flow: str, sender: str, resend: bool, stop: threading.Event
     ) -> bool:
-        """Send one envelope; False if `stop` was set before it was handed over whole."""
+        """Send one envelope; False if `stop` was set, or the connection went down, before it
+        was handed over whole (the caller sends it again later)."""
         ...
 
     def send_heartbeat(

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import hmac
 import logging
-import os
 import shutil
 import threading
 from collections.abc import Iterable
@@ -26,7 +25,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
 from ..zones.config import Flow
-from .durable import open_exclusive
+from .durable import Barrier, open_exclusive
 from .keys import load_curve_public, load_curve_secret
 from .link import ENVELOPE_FILE, Arrival, LinkNote, register_transport
 from .linkframe import (
@@ -54,6 +53,10 @@ __all__ = [
 
 HWM = 16
 SOCKET_BUFFER = 4 * 1024 * 1024
+#: One poll takes at most this many link messages (or bytes) that are already waiting, then makes
+#: the envelopes they completed durable together: a group commit, never a wait for more.
+POLL_MESSAGES = 1024
+POLL_BYTES = 32 * 1024 * 1024
 
 
 def in_flight_bound() -> int:
@@ -112,23 +115,30 @@ class ZmqLinkSender:
         )
         self.sock.connect(endpoint)
         self.connected = False
+        self._events: list[str] = []
 
-    def link_events(self) -> list[str]:
-        """Connection changes seen since the last call: 'up' or 'down' (from the monitor pipe)."""
-        events: list[str] = []
+    def _watch(self) -> None:
+        """Read the connection monitor: keeps `connected` current, queues its changes."""
         while self.monitor.poll(0):
             ev = recv_monitor_message(self.monitor)
             kind = ev["event"]
             if kind in (zmq.EVENT_HANDSHAKE_SUCCEEDED, zmq.EVENT_CONNECTED):
                 if not self.connected:
                     self.connected = True
-                    events.append("up")
+                    self._events.append("up")
             elif kind == zmq.EVENT_DISCONNECTED and self.connected:
                 self.connected = False
-                events.append("down")
+                self._events.append("down")
+
+    def link_events(self) -> list[str]:
+        """Connection changes seen since the last call: 'up' or 'down' (from the monitor pipe)."""
+        self._watch()
+        events, self._events = self._events, []
         return events
 
     def _send(self, frames: Iterable[bytes | memoryview], stop: threading.Event) -> bool:
+        """Hand one frame to ZeroMQ; False if asked to stop or the connection went down first
+        (what was sent of the envelope is then abandoned; the receiver discards it)."""
         parts = list(frames)
         while not stop.is_set():
             try:
@@ -136,6 +146,9 @@ class ZmqLinkSender:
                 return True
             except zmq.Again:
                 self.sock.poll(200, zmq.POLLOUT)
+                self._watch()
+                if not self.connected:
+                    return False
         return False
 
     def send_envelope(
@@ -147,7 +160,8 @@ class ZmqLinkSender:
         resend: bool,
         stop: threading.Event,
     ) -> bool:
-        """Stream one envelope file; False if asked to stop before the END frame left."""
+        """Stream one envelope file; False if asked to stop, or the connection went down, before
+        the END frame left."""
         h = hashlib.sha256()
         with open(path, "rb", buffering=0) as f:
             length = f.seek(0, 2)
@@ -208,6 +222,13 @@ class ZmqLinkReceiver:
             return None
         return self.sock.recv_multipart(copy=True)
 
+    def recv_now(self) -> list[bytes] | None:
+        """The next message if one is already waiting, without blocking."""
+        try:
+            return self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=True)
+        except zmq.Again:
+            return None
+
     def close(self) -> None:
         self.sock.close()
         if self.auth is not None:
@@ -224,16 +245,33 @@ class ZmqEnvelopeReceiver:
         self.reasm = Reassembler(flow.name, flow.sender, max_length)
         self._open: tuple[str, Path, BinaryIO, bool] | None = None  # id, dir, file, resend
         self._written = 0
+        self.barrier = Barrier()
 
     def poll(self, timeout_ms: int) -> list[Arrival | LinkNote]:
+        """Wait up to `timeout_ms` for the link, then take everything already waiting (up to
+        POLL_MESSAGES / POLL_BYTES); the envelopes completed are fsynced together on return."""
         frames = self.link.recv(timeout_ms)
-        if frames is None:
-            return []
         out: list[Arrival | LinkNote] = []
-        for event in self.reasm.feed(frames):
-            note = self._apply(event)
-            if note is not None:
-                out.append(note)
+        taken = 0
+        size = 0
+        while frames is not None:
+            taken += 1
+            size += sum(len(f) for f in frames)
+            for event in self.reasm.feed(frames):
+                note = self._apply(event)
+                if note is not None:
+                    out.append(note)
+            if taken >= POLL_MESSAGES or size >= POLL_BYTES:
+                break
+            frames = self.link.recv_now()
+        if any(isinstance(item, Arrival) for item in out):
+            try:
+                self.barrier.commit()
+            except BaseException:
+                for item in out:  # not durable: as if they never arrived (the sender re-sends)
+                    if isinstance(item, Arrival):
+                        shutil.rmtree(item.directory, ignore_errors=True)
+                raise
         return out
 
     def _discard(self) -> None:
@@ -258,9 +296,10 @@ class ZmqEnvelopeReceiver:
             return None
         if isinstance(event, Complete) and self._open is not None:
             tid, work, f, resend = self._open
-            f.flush()
-            os.fsync(f.fileno())
             f.close()
+            self.barrier.file(work / ENVELOPE_FILE)
+            self.barrier.dir(work)
+            self.barrier.dir(self.scratch)
             self._open = None
             return Arrival(tid, work, resend, event.length, event.digest.hex())
         if isinstance(event, Abort):
@@ -279,6 +318,7 @@ class ZmqEnvelopeReceiver:
         with contextlib.suppress(Exception):
             self._discard()
         self.link.close()
+        self.barrier.close()
 
 
 register_transport(
