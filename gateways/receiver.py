@@ -30,14 +30,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import hmac
+import io
 import logging
 import os
+import queue
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO
@@ -58,7 +61,7 @@ from ..transfer.durable import (
 )
 from ..transfer.ids import new_message_id
 from ..transfer.keys import load_encryption_private, load_signing_private, load_signing_public
-from ..transfer.link import Arrival, LinkNote, open_receiver
+from ..transfer.link import Arrival, LinkNote, materialize, open_receiver
 from ..transfer.names import safe_name
 from ..transfer.publication import companion_paths, make_manifest, sign_manifest
 from ..transfer.spool import ENVELOPE, META, MessageMeta
@@ -75,8 +78,14 @@ BATCH_MESSAGES = 256
 BATCH_BYTES = 16 * 1024 * 1024
 #: How long an idle deliver stage waits before it looks into received/ again.
 POLL_INTERVAL = 0.02
+#: Envelopes that came in memory and are not durable yet, at most: the link stage waits (and
+#: the socket fills, and the sender slows) when it is this far ahead of the deliver stage. What
+#: a receiver may lose in a crash is this plus what sits in the link (zmqlink.in_flight_bound),
+#: and the sender's resend window (64 MiB by default) must cover both.
+MEMORY_BACKLOG = 8 * 1024 * 1024
 
 
+@functools.lru_cache(maxsize=64)
 def inbox_dirs(root: Path, flow: str) -> tuple[Path, Path]:
     """The (tmp, new) pair of a flow's Maildir-style inbox."""
     return root / flow / "tmp", root / flow / "new"
@@ -108,6 +117,12 @@ class ReceiverAgent:
         #: hop summaries of verified relayed messages, until delivery writes them into meta
         self._hops: dict[str, str] = {}
         self.lock = threading.Lock()  # serialises moves into received/ against dedup checks
+        #: envelopes that arrived in memory, from the link stage to the deliver stage
+        self._queue: queue.Queue[tuple[Flow, Arrival]] = queue.Queue()
+        self._backlog = 0  # bytes of those not durable yet (under _backlog_cv)
+        self._backlog_cv = threading.Condition()
+        #: ids queued or being delivered from memory (under `lock`): held, for the dedup check
+        self._in_flight: set[str] = set()
         self.directory = Directory.from_config(cfg)
         self.publication_key = (
             load_signing_private(cfg.signing_key)
@@ -186,7 +201,8 @@ class ReceiverAgent:
         log.warning("flow %s: %s: %s", flow.name, note.kind, note.reason)
 
     def _accept_from_link(self, flow: Flow, arrivals: list[Arrival], barrier: Barrier) -> None:
-        """Take a poll's envelopes into received/, each after its durable record.
+        """Take a poll's envelopes: into received/, each after its durable record, or (those
+        that came in memory) straight to the deliver stage.
 
         A re-send of a message held here is dropped as a duplicate; any other envelope with an
         id we hold (or one seen earlier in the same batch) is a replay, kept in quarantine/.
@@ -194,18 +210,17 @@ class ReceiverAgent:
         spool = self.ctx.spool
         records: list[AuditEntry] = []
         keep: list[tuple[Path, MessageMeta, Path]] = []  # work dir, meta, target
-        drop: list[Path] = []
+        drop: list[Arrival] = []
         refused: list[tuple[MessageMeta, str]] = []
+        direct: list[Arrival] = []
         with self.lock:
             seen: set[str] = set()
             for arrival in arrivals:
-                msg_id, work, resend = arrival.transfer, arrival.directory, arrival.resend
-                meta = MessageMeta(id=msg_id, flow=flow.name, system=flow.sender, original_name="")
-                meta = meta.replace(
-                    resent=int(resend), created=utc_now(), extra={"link_sha256": arrival.sha256}
-                )
+                msg_id, resend = arrival.transfer, arrival.resend
+                meta = _link_meta(flow, arrival)
                 known = (
                     msg_id in seen
+                    or msg_id in self._in_flight
                     or spool.entry("delivered", msg_id).exists()
                     or spool.entry("received", msg_id).exists()
                 )
@@ -217,8 +232,14 @@ class ReceiverAgent:
                             "duplicate", meta, outcome="info", reason="re-send of a held message"
                         )
                     )
-                    drop.append(work)
+                    drop.append(arrival)
                     continue
+                if not known and arrival.payload is not None:
+                    # Delivered from memory by the deliver stage: its records come with it.
+                    self._in_flight.add(msg_id)
+                    direct.append(arrival)
+                    continue
+                work = materialize(arrival).directory  # a replay is kept as it came
                 if known:
                     qid = new_message_id()
                     reason = "message id was already received or delivered"
@@ -239,6 +260,8 @@ class ReceiverAgent:
                     keep.append((work, meta, spool.entry("received", msg_id)))
                 write_new(work / META, meta.to_json(), barrier)
             self.ctx.record_many(records)
+            if drop:  # counted with their records (a duplicate changes no state)
+                self.ctx.metrics.messages.labels(flow.name, "receive", "duplicate").inc(len(drop))
             barrier.commit()  # metadata and records before any envelope enters a state
             crash_point("receiver-recorded")
             for work, _meta, target in keep:
@@ -247,29 +270,53 @@ class ReceiverAgent:
             if keep:
                 barrier.dir(spool.dir("tmp/link"))
             barrier.commit()
-        for work in drop:
-            shutil.rmtree(work, ignore_errors=True)
+        for arrival in drop:
+            if arrival.payload is None:
+                shutil.rmtree(arrival.directory, ignore_errors=True)
         for meta, qid in refused:
             self._count_refusal(meta, "replay", qid)
-        accepted = len(keep) - len(refused)
+        accepted = len(keep) - len(refused) + len(direct)
         if accepted:
             self.ctx.metrics.messages.labels(flow.name, "receive", "received").inc(accepted)
-        if drop:
-            self.ctx.metrics.messages.labels(flow.name, "receive", "duplicate").inc(len(drop))
+        for arrival in direct:
+            with self._backlog_cv:  # a full backlog holds the link back, and with it the sender
+                while self._backlog and self._backlog + arrival.size > MEMORY_BACKLOG:
+                    if self.ctx.stop.is_set():
+                        return  # not durable anywhere: the sender re-sends it on reconnect
+                    self._backlog_cv.wait(0.2)
+                self._backlog += arrival.size
+            self._queue.put((flow, arrival))
 
     # -- deliver stage ------------------------------------------------------------------
     def deliver_loop(self) -> None:
         barrier = Barrier()
         try:
             while not self.ctx.stop.is_set():
+                items = self._from_memory(POLL_INTERVAL)
+                if items:
+                    self._deliver_memory_guarded(items, barrier)
                 ids = self.ctx.spool.ids("received")
-                if not ids:
-                    self.ctx.sleep(POLL_INTERVAL)
                 while ids and not self.ctx.stop.is_set():
                     batch, ids = self._take(ids)
                     self._deliver_batch_guarded(batch, barrier)
         finally:
             barrier.close()
+
+    def _from_memory(self, timeout: float) -> list[tuple[Flow, Arrival]]:
+        """What the link stage handed over: wait up to `timeout` for the first, then take
+        everything already there (up to a batch)."""
+        try:
+            items = [self._queue.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        size = items[0][1].size
+        while len(items) < BATCH_MESSAGES and size < BATCH_BYTES:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+            size += items[-1][1].size
+        return items
 
     def _take(self, ids: list[str]) -> tuple[list[str], list[str]]:
         """The next batch: at most BATCH_MESSAGES, and BATCH_BYTES after the first message."""
@@ -337,8 +384,7 @@ class ReceiverAgent:
             self._corrupt_received(msg_id, meta, f"internal error: {reason}")
 
     def deliver_batch(self, ids: list[str], barrier: Barrier) -> None:
-        """Verify, open and deliver a batch of received/ messages (see the module docstring)."""
-        spool = self.ctx.spool
+        """Verify, open and deliver a batch of received/ messages (see `_deliver_opened`)."""
         opened: list[_Opened] = []
         for msg_id in ids:
             if self.ctx.stop.is_set():
@@ -346,50 +392,214 @@ class ReceiverAgent:
             o = self._open_one(msg_id, barrier)
             if o is not None:
                 opened.append(o)
+        self._deliver_opened(opened, barrier)
+        for o in opened:
+            with contextlib.suppress(FileNotFoundError):
+                (self.ctx.spool.entry("delivered", o.meta.id) / ENVELOPE).unlink()
+
+    def _deliver_opened(
+        self, opened: list[_Opened], barrier: Barrier, progress: _Progress | None = None
+    ) -> None:
+        """Deliver decrypted messages, in the order that makes a crash anywhere finish once:
+
+        1. barrier: every plaintext (`inbox/<flow>/tmp/<id>.part`) is durable and complete;
+        2. the `verified`/`delivered` records (and `received-on-link` for those that came in
+           memory), the sequence counter, and each message's marker in received/ naming the
+           file it becomes (`delivering_to`, `delivered_as`); barrier;
+        3. the links into `inbox/<flow>/new/`, each plaintext's tmp name removed; barrier;
+        4. the moves to `delivered/`; barrier.
+
+        After 2 a message is finished by `_finish_delivery` (a plaintext still in tmp/ is linked;
+        one gone from there was linked), so the file appears once in the inbox, never twice.
+        `progress` (memory batches) records which markers were made, and when they are durable.
+        """
         if not opened:
             return
+        spool = self.ctx.spool
+        barrier.commit()
         records: list[AuditEntry] = []
         highest: dict[str, int] = {}
+        taken: set[Path] = set()
         for o in opened:
+            if progress is not None:  # came in memory: its link record comes with it
+                records.append(self.ctx.entry("received-on-link", o.link_meta))
             records += o.records
             records += self._sequence(o.flow, o.meta.seq, highest)
             hops = o.meta.extra.get("hops")
             extra = {"hops": hops} if hops else {}
             records.append(self.ctx.entry("delivered", o.meta, path=o.want.name, **extra))
-            o.meta = o.meta.replace(extra={**o.meta.extra, "delivering_to": str(o.want)})
-            spool.write_meta("received", o.meta.id, o.meta, barrier)
+            o.target = _free_name(o.want, o.meta.id, taken)
+            taken.add(o.target)
+            link_sha256 = o.link_meta.extra.get("link_sha256", "") if o.link_meta else ""
+            o.meta = o.meta.replace(
+                extra={
+                    **o.meta.extra,
+                    "link_sha256": link_sha256,
+                    "delivering_to": str(o.target),
+                    "delivered_as": str(o.target),
+                    "delivered_at": utc_now(),
+                }
+            )
+            if progress is None:
+                spool.write_meta("received", o.meta.id, o.meta, barrier)
+            else:
+                entry = spool.entry("received", o.meta.id)
+                entry.mkdir(mode=0o700)
+                progress.created.append(o.meta.id)
+                write_new(entry / META, o.meta.to_json(), barrier)
+        barrier.dir(spool.dir("received"))
         for flow, seq in highest.items():
             replace_file(self._seq_path(flow), str(seq).encode(), barrier)
         self.ctx.record_many(records)
-        # Plaintexts, markers, counters and records durable before anything enters the inbox.
         barrier.commit()
+        if progress is not None:
+            progress.committed = True
         crash_point("receiver-opened")
-        for o in opened:
-            o.target = _link_no_clobber(o.part, o.want, o.meta.id)
-            crash_point("receiver-linked")
-            o.part.unlink()
-            barrier.dir(o.target.parent)
-            barrier.dir(o.part.parent)
-        barrier.commit()
-        for o in opened:
-            if o.flow.signed_delivery:
-                self._sign_publication(o.target, o.meta)
-            kept = {k: v for k, v in o.meta.extra.items() if k != "delivering_to"}
-            o.meta = o.meta.replace(
-                extra={**kept, "delivered_as": str(o.target), "delivered_at": utc_now()}
-            )
-            spool.write_meta("received", o.meta.id, o.meta, barrier)
-        barrier.commit()
+        self._link_into_inboxes(opened, barrier)
         crash_point("receiver-marked")
         with self.lock:
             for o in opened:
                 spool.move(o.meta.id, "received", "delivered", barrier)
             barrier.commit()
         for o in opened:
-            with contextlib.suppress(FileNotFoundError):
-                (spool.entry("delivered", o.meta.id) / ENVELOPE).unlink()
             self._count_delivered(o.meta)
             self.ctx.metrics.observe_stage(o.flow.name, "deliver", o.started)
+
+    def _deliver_memory_guarded(self, items: list[tuple[Flow, Arrival]], barrier: Barrier) -> None:
+        """Deliver envelopes that came in memory; should the batch fail as a whole, whatever of
+        it is not yet durable is stored in received/ and delivered from there, one by one."""
+        progress = _Progress()
+        try:
+            self.deliver_memory_batch(items, barrier, progress)
+            self.ctx.metrics.disk_full.set(0)
+        except FailClosed:
+            raise
+        except Exception as e:
+            barrier.discard()
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                log.error("disk full while delivering from memory; storing the batch: %s", e)
+                self.ctx.metrics.disk_full.set(1)
+            else:
+                log.exception("a delivery from memory failed; storing the batch in received/")
+            self._store_unfinished(items, progress, barrier)
+        finally:
+            with self.lock:
+                self._in_flight.difference_update(a.transfer for _flow, a in items)
+            with self._backlog_cv:  # durable now (or stored): room for what comes next
+                self._backlog -= sum(a.size for _flow, a in items)
+                self._backlog_cv.notify_all()
+
+    def _store_unfinished(
+        self, items: list[tuple[Flow, Arrival]], progress: _Progress, barrier: Barrier
+    ) -> None:
+        """The file path for what a failed memory batch did not make durable (if this fails
+        too, the stage stops: the agent ends, and the sender re-sends on reconnect)."""
+        spool = self.ctx.spool
+        with self.lock:  # no longer in flight: stored now, or delivered already
+            self._in_flight.difference_update(a.transfer for _flow, a in items)
+        if not progress.committed:
+            for msg_id in progress.created:  # begun, but not durable: start again from the file
+                shutil.rmtree(spool.entry("received", msg_id), ignore_errors=True)
+        todo = [
+            (flow, a)
+            for flow, a in items
+            if a.transfer not in progress.settled
+            and not any(spool.entry(s, a.transfer).exists() for s in ("received", "delivered"))
+        ]
+        by_flow: dict[str, list[Arrival]] = {}
+        for flow, a in todo:
+            shutil.rmtree(a.directory, ignore_errors=True)
+            by_flow.setdefault(flow.name, []).append(materialize(a))
+        for name, arrivals in by_flow.items():
+            self._accept_from_link(self.flows[name], arrivals, barrier)
+
+    def deliver_memory_batch(
+        self, items: list[tuple[Flow, Arrival]], barrier: Barrier, progress: _Progress
+    ) -> None:
+        """Verify, open and deliver envelopes that came in memory: the envelope itself is never
+        written (a refused one is, as it came, into quarantine/).
+
+        The steps are those of `_deliver_opened`; its marker in `received/<id>/` is the first
+        thing of such a message that is stored. Until that marker is durable (step 2) nothing
+        of the batch is visible or acknowledged: a crash loses it on this side only, the link
+        drops with the process, and the sender re-sends its resend window on reconnect. Once
+        it is durable, the plaintext is too, and `_finish_delivery` completes the delivery.
+        """
+        opened: list[_Opened] = []
+        for flow, arrival in items:
+            o = self._open_memory(flow, arrival, barrier)
+            if o is None:
+                progress.settled.add(arrival.transfer)  # refused: in quarantine/ now
+            else:
+                opened.append(o)
+        self._deliver_opened(opened, barrier, progress)
+
+    def _link_into_inboxes(self, opened: list[_Opened], barrier: Barrier) -> None:
+        """Each plaintext under the name its durable marker gives (rewritten, durably, in the
+        rare case another file took that name meanwhile); then its publication signature."""
+        spool = self.ctx.spool
+        for o in opened:
+            actual = _link_no_clobber(o.part, o.target, o.meta.id)
+            crash_point("receiver-linked")
+            o.part.unlink()
+            barrier.dir(actual.parent)
+            barrier.dir(o.part.parent)
+            if actual != o.target:
+                o.target = actual
+                o.meta = o.meta.replace(
+                    extra={
+                        **o.meta.extra,
+                        "delivering_to": str(actual),
+                        "delivered_as": str(actual),
+                    }
+                )
+                spool.write_meta("received", o.meta.id, o.meta, barrier)
+        barrier.commit()
+        for o in opened:
+            if o.flow.signed_delivery:
+                self._sign_publication(o.target, o.meta)
+
+    def _open_memory(self, flow: Flow, arrival: Arrival, barrier: Barrier) -> _Opened | None:
+        """Verify and decrypt an envelope held in memory; None if refused (then quarantined,
+        kept exactly as it came off the link)."""
+        started = time.monotonic()
+        assert arrival.payload is not None
+        link_meta = _link_meta(flow, arrival)
+        records: list[AuditEntry] = []
+        try:
+            src = io.BytesIO(arrival.payload)
+            header, part = self._verify_and_open_src(src, flow, link_meta, records, barrier)
+            approvals = self._check_approvals(flow, header, records)
+        except Refused as r:
+            work = materialize(arrival).directory
+            with self.lock:
+                self.ctx.record("received-on-link", link_meta)
+                self._quarantine_dir(work, link_meta, r.code, r.reason, r.event)
+            return None
+        o = self._opened(flow, header, approvals, records, part, started, link_meta.resent)
+        o.link_meta = link_meta
+        return o
+
+    def _opened(
+        self,
+        flow: Flow,
+        header: env.Header,
+        approvals: tuple[Verified, ...],
+        records: list[AuditEntry],
+        part: Path,
+        started: float,
+        resent: int,
+    ) -> _Opened:
+        meta = _meta_from_header(header, resent=resent)
+        if header.message_id in self._hops:  # the delivered record lists every hop
+            meta = meta.replace(extra={"hops": self._hops.pop(header.message_id)})
+        if approvals:
+            meta = meta.replace(
+                extra={**meta.extra, "approvers": [_approver(v) for v in approvals]}
+            )
+        _tmp, new = inbox_dirs(self.ctx.config.inbox, flow.name)
+        want = new / safe_name(meta.original_name, fallback=header.message_id)
+        return _Opened(meta, flow, records, part, want, started)
 
     def _open_one(self, msg_id: str, barrier: Barrier) -> _Opened | None:
         """Verify and decrypt one message into its inbox's tmp/; None if it went elsewhere
@@ -400,6 +610,12 @@ class ReceiverAgent:
         try:
             meta = spool.read_meta("received", msg_id)
         except Exception as e:
+            if not (entry / ENVELOPE).exists() and not (entry / META).exists():
+                # Begun by a delivery from memory that died before its barrier: never durable,
+                # never acknowledged; the sender re-sent it when the connection came back.
+                log.warning("removing received/%s: a delivery from memory never completed", msg_id)
+                shutil.rmtree(entry, ignore_errors=True)
+                return None
             meta = MessageMeta(id=msg_id, flow="unknown", system="", original_name="")
             self._corrupt_received(msg_id, meta, f"unreadable metadata: {e}")
             return None
@@ -421,16 +637,9 @@ class ReceiverAgent:
             else:
                 self._quarantine_received(msg_id, meta, r.code, r.reason, r.event)
             return None
-        meta = _meta_from_header(header, resent=meta.resent)
-        if header.message_id in self._hops:  # the delivered record lists every hop
-            meta = meta.replace(extra={"hops": self._hops.pop(header.message_id)})
-        if approvals:
-            meta = meta.replace(
-                extra={**meta.extra, "approvers": [_approver(v) for v in approvals]}
-            )
-        _tmp, new = inbox_dirs(self.ctx.config.inbox, flow.name)
-        want = new / safe_name(meta.original_name, fallback=msg_id)
-        return _Opened(meta, flow, records, part, want, started)
+        o = self._opened(flow, header, approvals, records, part, started, meta.resent)
+        o.link_meta = meta
+        return o
 
     def _verify_and_open(
         self,
@@ -442,51 +651,60 @@ class ReceiverAgent:
     ) -> tuple[env.Header, Path]:
         """Check and decrypt the envelope into `inbox/<flow>/tmp/<id>.part` (durable when
         `barrier` commits); the `verified` record goes into `records`."""
-        path = entry / ENVELOPE
-        with open(path, "rb") as src:
-            try:
-                hops, offset = hop_records.read_wrapper(src)
-                if hops and not flow.via:
-                    raise Refused("bad-hop", f"flow {flow.name!r} is not relayed here")
-                header, _length = env.read_header(src)
-            except (env.EnvelopeError, hop_records.HopError) as e:
-                raise Refused(e.reason, e.detail) from None
-            if header.message_id != meta.id:
-                raise Refused("malformed", "the envelope's id differs from its link transfer id")
-            if header.flow != flow.name or header.sender != flow.sender:
-                raise Refused(
-                    "wrong-flow",
-                    f"envelope for flow {header.flow!r} from {header.sender!r} "
-                    f"arrived on flow {flow.name!r}",
-                )
-            if header.recipient != self.ctx.config.name:
-                raise Refused("wrong-recipient", f"addressed to {header.recipient!r}, not us")
-            if header.size > flow.policy.max_size or header.size < flow.policy.min_size:
-                raise Refused(
-                    "policy-size",
-                    f"{header.size} bytes is outside this side's limits "
-                    f"{flow.policy.min_size}..{flow.policy.max_size}",
-                )
-            if flow.via:
-                self._check_hops(src, flow, header, hops, offset)
-            inbox_tmp, _new = inbox_dirs(self.ctx.config.inbox, flow.name)
-            part = inbox_tmp / f"{header.message_id}.part"
+        with open(entry / ENVELOPE, "rb") as src:
+            return self._verify_and_open_src(src, flow, meta, records, barrier)
+
+    def _verify_and_open_src(
+        self,
+        src: BinaryIO,
+        flow: Flow,
+        meta: MessageMeta,
+        records: list[AuditEntry],
+        barrier: Barrier,
+    ) -> tuple[env.Header, Path]:
+        try:
+            hops, offset = hop_records.read_wrapper(src)
+            if hops and not flow.via:
+                raise Refused("bad-hop", f"flow {flow.name!r} is not relayed here")
+            header, _length = env.read_header(src)
+        except (env.EnvelopeError, hop_records.HopError) as e:
+            raise Refused(e.reason, e.detail) from None
+        if header.message_id != meta.id:
+            raise Refused("malformed", "the envelope's id differs from its link transfer id")
+        if header.flow != flow.name or header.sender != flow.sender:
+            raise Refused(
+                "wrong-flow",
+                f"envelope for flow {header.flow!r} from {header.sender!r} "
+                f"arrived on flow {flow.name!r}",
+            )
+        if header.recipient != self.ctx.config.name:
+            raise Refused("wrong-recipient", f"addressed to {header.recipient!r}, not us")
+        if header.size > flow.policy.max_size or header.size < flow.policy.min_size:
+            raise Refused(
+                "policy-size",
+                f"{header.size} bytes is outside this side's limits "
+                f"{flow.policy.min_size}..{flow.policy.max_size}",
+            )
+        if flow.via:
+            self._check_hops(src, flow, header, hops, offset)
+        inbox_tmp, _new = inbox_dirs(self.ctx.config.inbox, flow.name)
+        part = inbox_tmp / f"{header.message_id}.part"
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+        try:
+            src.seek(offset)
+            with open_exclusive(part) as dst:
+                env.open_envelope(src, dst, self.private_key, self._sender_key, header=header)
+            barrier.file(part)
+            barrier.dir(part.parent)
+        except env.EnvelopeError as e:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
-            try:
-                src.seek(offset)
-                with open_exclusive(part) as dst:
-                    env.open_envelope(src, dst, self.private_key, self._sender_key)
-                barrier.file(part)
-                barrier.dir(part.parent)
-            except env.EnvelopeError as e:
-                with contextlib.suppress(FileNotFoundError):
-                    part.unlink()
-                raise Refused(e.reason, e.detail) from None
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    part.unlink()
-                raise
+            raise Refused(e.reason, e.detail) from None
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+            raise
         verified = _meta_from_header(header, resent=meta.resent)
         if flow.via:
             records.append(self.ctx.entry("verified", verified, hops=hop_records.summary(hops)))
@@ -581,24 +799,27 @@ class ReceiverAgent:
     def _finish_delivery(self, msg_id: str, meta: MessageMeta) -> None:
         """Link the plaintext into the inbox, then mark the message delivered.
 
-        Every step can be repeated after a crash without a second copy: the link is recognised by
-        its inode, a lost `.part` by the delivered file's hash, and once the marker (`delivered_as`)
-        is written only the move to delivered/ is left to do.
+        Every step can be repeated after a crash without a second copy. The marker names the
+        file (`delivering_to`); the plaintext leaves `inbox/<flow>/tmp/` only once it is linked,
+        so a plaintext still there is linked now (recognised by its inode if the link was made
+        already) and one gone from there was linked (`delivered_as`, written with the marker;
+        a marker of an older version without it has the delivered file found by its hash).
         """
         spool = self.ctx.spool
-        if meta.extra.get("delivered_as"):
-            target = Path(meta.extra["delivered_as"])
-        else:
-            target = Path(meta.extra["delivering_to"])
+        extra = meta.extra
+        if extra.get("delivering_to"):
+            target = Path(extra["delivering_to"])
             part = target.parent.parent / "tmp" / f"{msg_id}.part"
             if part.exists():
-                hops = meta.extra.get("hops")
-                extra = {"hops": hops} if hops else {}
-                self.ctx.record("delivered", meta, path=target.name, **extra)
+                hops = extra.get("hops")
+                more = {"hops": hops} if hops else {}
+                self.ctx.record("delivered", meta, path=target.name, **more)
                 target = _link_no_clobber(part, target, msg_id)
                 part.unlink()
                 fsync_dir(target.parent)
                 fsync_dir(part.parent)
+            elif extra.get("delivered_as"):
+                target = Path(extra["delivered_as"])
             else:
                 # Crash after the link but before the marker: the file is in the inbox already.
                 found = _find_delivered(target, msg_id, meta.sha256)
@@ -611,7 +832,7 @@ class ReceiverAgent:
             flow = self.flows.get(meta.flow)
             if flow is not None and flow.signed_delivery:
                 self._sign_publication(target, meta)
-            kept = {k: v for k, v in meta.extra.items() if k != "delivering_to"}
+            kept = {k: v for k, v in extra.items() if k != "delivering_to"}
             marker = meta.replace(
                 extra={**kept, "delivered_as": str(target), "delivered_at": utc_now()}
             )
@@ -712,6 +933,35 @@ class _Opened:
     want: Path
     started: float
     target: Path = Path()
+    link_meta: MessageMeta | None = None  # of one that came in memory: what the link said
+
+
+@dataclass
+class _Progress:
+    """How far a memory batch got, for its guard: which markers exist, whether durable."""
+
+    created: list[str] = field(default_factory=list)
+    settled: set[str] = field(default_factory=set)
+    committed: bool = False
+
+
+def _link_meta(flow: Flow, arrival: Arrival) -> MessageMeta:
+    """What the link tells of an envelope before it is opened."""
+    meta = MessageMeta(id=arrival.transfer, flow=flow.name, system=flow.sender, original_name="")
+    return meta.replace(
+        resent=int(arrival.resend), created=utc_now(), extra={"link_sha256": arrival.sha256}
+    )
+
+
+def _free_name(want: Path, msg_id: str, taken: set[Path]) -> Path:
+    """The name a delivery will take: `want`, or `name (id12).ext` if a file or another
+    message of the batch holds it (as `_link_no_clobber` decides, ahead of the link)."""
+    stem, dot, ext = want.name.partition(".")
+    alt = want.with_name(f"{stem} ({msg_id[:12]}){dot}{ext}")
+    for candidate in (want, alt):
+        if candidate not in taken and not os.path.lexists(candidate):
+            return candidate
+    return alt
 
 
 def _refused_meta(meta: MessageMeta, code: str, reason: str) -> MessageMeta:

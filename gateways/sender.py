@@ -13,13 +13,16 @@ envelope header, covered by the gateway's signature. Without them it goes to qua
 Batches (group commit): each step takes every message waiting now, up to `BATCH_MESSAGES` or
 `BATCH_BYTES`, and never waits for more. Per batch, in this order:
 
-1. seal: each message is sealed into `ready/<id>/envelope` (numbered in order, counter kept in
-   `state/<flow>.seq`); the `sealed` records; one barrier makes the envelopes, the numbered
-   metadata and the counter durable; only then the renames `ready/<id>` -> `active/<id>` (and
-   the plaintext is removed); barrier. An envelope in `ready/` is never sent: a crash before the
-   move seals the message again, with a fresh key.
-2. send: each envelope goes onto the link; the `sent` records; barrier over the metadata; the
-   renames `active/<id>` -> `sent/<id>`; barrier.
+1. seal: each message is sealed into `ready/<id>/envelope`, numbered in order; the `sealed`
+   records; one barrier makes the envelopes durable; only then the renames `ready/<id>` ->
+   `active/<id>` (and the plaintext is removed) and the counter `state/<flow>.seq`; barrier. An
+   envelope in `ready/` is never sent: a crash before the move seals the message again, with a
+   fresh key and the same number.
+2. send: each envelope goes onto the link; the `sent` records; the renames `active/<id>` ->
+   `sent/<id>`; barrier.
+
+A message's number lives in its envelope's header (signed), not in `meta.json`, which keeps what
+ingest (or review) wrote: rewriting it per message would cost a file per message and step.
 
 A message is durable in `active/`, sealed and numbered, before any byte of it leaves, so a
 crash at any point re-sends it from there, marked as a re-send, and never numbers it twice.
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import logging
 import os
 import time
@@ -61,6 +65,10 @@ BATCH_MESSAGES = 256
 BATCH_BYTES = 16 * 1024 * 1024
 #: How long an idle sender waits before it looks for work again.
 POLL_INTERVAL = 0.02
+#: Envelopes up to this size are also kept in memory from sealing until sent (at most
+#: MEMORY_BYTES of them), so a small message is not read back from the disk to be sent.
+MEMORY_ENVELOPE = 1024 * 1024
+MEMORY_BYTES = 32 * 1024 * 1024
 
 
 @dataclass
@@ -97,9 +105,13 @@ class SenderAgent:
         self.signing_key: Ed25519PrivateKey = load_signing_private(cfg.signing_key)
         self.directory = Directory.from_config(cfg)
         self.links: dict[str, _FlowLink] = {}
-        #: envelopes in active/ that this process sealed; any other one (in active/ after a restart,
-        #: or re-sent from sent/) is checked against our signature before it goes out
-        self._sealed_here: set[str] = set()
+        #: envelopes in active/ that this process sealed, with their numbered metadata; any
+        #: other one (in active/ after a restart, or re-sent from sent/) is checked against our
+        #: signature before it goes out, which also gives its header (and number)
+        self._sealed_here: dict[str, MessageMeta] = {}
+        #: the bytes of small envelopes sealed here and not yet sent (MEMORY_BYTES at most)
+        self._in_memory: dict[str, bytes] = {}
+        self._in_memory_bytes = 0
         self._last_prune = 0.0
         self.barrier = Barrier()
         for flow in cfg.outgoing_flows():
@@ -118,15 +130,19 @@ class SenderAgent:
         return self.ctx.spool.dir("state") / f"{flow}.seq"
 
     def _load_seq(self, flow: str) -> int:
-        """The last sequence number given: the counter file, or higher if a crash beat it."""
+        """The last sequence number given: the counter file, or higher if a crash beat it (the
+        envelopes in active/ were numbered before the counter was written)."""
         seq = 0
         with contextlib.suppress(FileNotFoundError, ValueError):
             seq = int(self._seq_file(flow).read_text())
         for msg_id in self.ctx.spool.ids("active"):
-            with contextlib.suppress(Exception):
-                meta = self.ctx.spool.read_meta("active", msg_id)
-                if meta.flow == flow:
-                    seq = max(seq, meta.seq)
+            with (
+                contextlib.suppress(Exception),
+                open(self.ctx.spool.entry("active", msg_id) / ENVELOPE, "rb") as f,
+            ):
+                header, _length = env.read_header(f)
+                if header.flow == flow:
+                    seq = max(seq, header.sequence)
         return seq
 
     # -- main loop ----------------------------------------------------------------------
@@ -350,7 +366,7 @@ class SenderAgent:
             meta = meta.replace(seq=last_seq.get(meta.flow, state.seq) + 1)
             entry = spool.entry("ready", msg_id)
             try:
-                self._seal_to(entry / DATA, entry / ENVELOPE, meta, state)
+                sealed_bytes = self._seal_to(entry / DATA, entry / ENVELOPE, meta, state)
             except OSError as e:
                 if e.errno in (errno.ENOSPC, errno.EDQUOT) and sealed:
                     break  # move on what is sealed; the rest waits for space
@@ -362,7 +378,11 @@ class SenderAgent:
                 self._corrupt("ready", msg_id, meta, f"cannot seal: {e}")
                 continue
             barrier.file(entry / ENVELOPE)
-            spool.write_meta("ready", msg_id, meta, barrier)
+            barrier.dir(entry)
+            self._forget_bytes(meta.id)  # what an earlier, failed attempt kept
+            if sealed_bytes is not None:
+                self._in_memory[meta.id] = sealed_bytes
+                self._in_memory_bytes += len(sealed_bytes)
             last_seq[meta.flow] = meta.seq
             sealed.append(meta)
         if not sealed:
@@ -380,7 +400,7 @@ class SenderAgent:
             crash_point("sender-moved")
             (target / DATA).unlink()  # past this point only ciphertext stays in the spool
             barrier.dir(target)
-            self._sealed_here.add(meta.id)
+            self._sealed_here[meta.id] = meta
         # The counter follows the moves (as for one message): a crash before them leaves the
         # batch in ready/, numbered again from the same counter, so no number is skipped; one
         # after them finds the numbers in active/ (_load_seq).
@@ -415,8 +435,10 @@ class SenderAgent:
         log.warning("not sealing %s (%s): %s: %s", meta.id, meta.original_name, code, reason)
         return False
 
-    def _seal_to(self, src: Path, dst: Path, meta: MessageMeta, state: _FlowLink) -> None:
-        """Seal `src` into a new `dst` (not yet durable); a partial `dst` is removed on error."""
+    def _seal_to(self, src: Path, dst: Path, meta: MessageMeta, state: _FlowLink) -> bytes | None:
+        """Seal `src` into a new `dst` (not yet durable); a partial `dst` is removed on error.
+
+        Returns the envelope's bytes if it is small enough to be kept in memory until sent."""
         cfg = self.ctx.config
         header = env.Header(
             version=1,
@@ -440,15 +462,24 @@ class SenderAgent:
         with contextlib.suppress(FileNotFoundError):
             dst.unlink()  # what a crashed run began
         started = time.monotonic()
+        keep = (
+            env.envelope_length(header) <= MEMORY_ENVELOPE and self._in_memory_bytes < MEMORY_BYTES
+        )
         try:
             fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             with os.fdopen(fd, "rb") as f, open(dst, "xb") as out:
-                env.seal(f, out, header, state.recipient_key, self.signing_key)
+                if keep:
+                    buf = io.BytesIO()
+                    env.seal(f, buf, header, state.recipient_key, self.signing_key)
+                    out.write(buf.getbuffer())
+                else:
+                    env.seal(f, out, header, state.recipient_key, self.signing_key)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 dst.unlink()
             raise
         self.ctx.metrics.observe_stage(meta.flow, "seal", started)
+        return buf.getvalue() if keep else None
 
     def _seal_in_place(self, msg_id: str, meta: MessageMeta, state: _FlowLink) -> bool:
         """Seal a message found in active/ with only its plaintext (left by an older version)."""
@@ -466,7 +497,7 @@ class SenderAgent:
         os.rename(tmp, entry / ENVELOPE)
         (entry / DATA).unlink()  # past this point only ciphertext stays in the spool
         fsync_dir(entry)
-        self._sealed_here.add(msg_id)
+        self._sealed_here[msg_id] = meta
         self.ctx.metrics.messages.labels(meta.flow, "seal", "ok").inc()
         return True
 
@@ -484,33 +515,18 @@ class SenderAgent:
                 break
             self._service_links()  # a link that went down is noticed between messages
             entry = spool.entry("active", msg_id)
-            try:
-                meta = spool.read_meta("active", msg_id)
-                state = self.links[meta.flow]
-            except Exception as e:
-                self._corrupt("active", msg_id, None, f"unreadable or unknown flow: {e}")
-                continue
-            if not state.link.connected:
-                continue  # stays in active/; sealing goes on while the link is down
-            # A crash between taking the message and sealing it leaves only plaintext: seal it.
-            if not (entry / ENVELOPE).exists() and not (
-                (entry / DATA).exists() and self._seal_in_place(msg_id, meta, state)
-            ):
-                if spool.entry("active", msg_id).exists():
-                    self._corrupt("active", msg_id, meta, "neither plaintext nor envelope left")
-                continue
-            if msg_id not in self._sealed_here and (problem := self._damage(entry)) is not None:
-                self._corrupt("active", msg_id, meta, problem)
-                continue
+            sealed = self._sealed_here.get(msg_id)
+            if sealed is not None:  # sealed by this process: its numbered metadata is here
+                meta, state = sealed, self.links[sealed.flow]
+                if not state.link.connected:
+                    continue  # stays in active/; sealing goes on while the link is down
+            else:
+                found = self._active_found(msg_id, entry)
+                if found is None:
+                    continue
+                meta, state = found
             started = time.monotonic()
-            ok = state.link.send_envelope(
-                entry / ENVELOPE,
-                meta.id,
-                meta.flow,
-                self.ctx.config.name,
-                meta.resent > 0,
-                self.ctx.stop,
-            )
+            ok = self._send_one(state, entry / ENVELOPE, meta)
             if not ok:
                 # Stopping, or the link went down mid-way: it stays in active/, goes again.
                 break
@@ -528,7 +544,8 @@ class SenderAgent:
             spool.move(meta.id, "active", "sent", barrier)
         barrier.commit()
         for meta, started in sent:
-            self._sealed_here.discard(meta.id)  # only active/ needs it; the set must not grow
+            self._sealed_here.pop(meta.id, None)  # only active/ needs it; it must not grow
+            self._forget_bytes(meta.id)
             size = (spool.entry("sent", meta.id) / ENVELOPE).stat().st_size
             self.links[meta.flow].remember(meta.id, size)
             outcome = "resent" if meta.resent else "sent"
@@ -536,6 +553,48 @@ class SenderAgent:
             self.ctx.metrics.bytes.labels(meta.flow, "send").inc(size)
             self.ctx.metrics.observe_stage(meta.flow, "send", started)
         return True
+
+    def _active_found(self, msg_id: str, entry: Path) -> tuple[MessageMeta, _FlowLink] | None:
+        """A message found in active/ (after a restart): its metadata, numbered from its
+        envelope, once that is checked to be what we sealed; None if it cannot go now."""
+        spool = self.ctx.spool
+        try:
+            meta = spool.read_meta("active", msg_id)
+            state = self.links[meta.flow]
+        except Exception as e:
+            self._corrupt("active", msg_id, None, f"unreadable or unknown flow: {e}")
+            return None
+        if not state.link.connected:
+            return None  # stays in active/; sealing goes on while the link is down
+        # A crash between taking the message and sealing it leaves only plaintext: seal it.
+        if not (entry / ENVELOPE).exists() and not (
+            (entry / DATA).exists() and self._seal_in_place(msg_id, meta, state)
+        ):
+            if spool.entry("active", msg_id).exists():
+                self._corrupt("active", msg_id, meta, "neither plaintext nor envelope left")
+            return None
+        sealed = self._sealed_here.get(msg_id)
+        if sealed is not None:  # sealed just now, in place
+            return sealed.replace(resent=meta.resent), state
+        header, problem = self._check_own(entry)
+        if header is None:
+            self._corrupt("active", msg_id, meta, problem)
+            return None
+        return meta.replace(seq=header.sequence), state
+
+    def _send_one(self, state: _FlowLink, path: Path, meta: MessageMeta) -> bool:
+        """Hand one envelope to the link: from memory if the link takes bytes and it is there."""
+        name, resend = self.ctx.config.name, meta.resent > 0
+        data = self._in_memory.get(meta.id)
+        send_bytes = getattr(state.link, "send_envelope_bytes", None)
+        if data is not None and send_bytes is not None:
+            return bool(send_bytes(data, meta.id, meta.flow, name, resend, self.ctx.stop))
+        return state.link.send_envelope(path, meta.id, meta.flow, name, resend, self.ctx.stop)
+
+    def _forget_bytes(self, msg_id: str) -> None:
+        data = self._in_memory.pop(msg_id, None)
+        if data is not None:
+            self._in_memory_bytes -= len(data)
 
     def _resend(self, state: _FlowLink) -> None:
         spool = self.ctx.spool
@@ -552,9 +611,11 @@ class SenderAgent:
                 except SpoolError as e:  # pruned by retention or moved to corrupt/ meanwhile
                     log.info("not re-sending %s: %s", msg_id, e)
                     continue
-                if msg_id not in self._sealed_here and (problem := self._damage(entry)):
+                header, problem = self._check_own(entry)
+                if header is None:
                     self._corrupt("sent", msg_id, meta, problem)
                     continue
+                meta = meta.replace(seq=header.sequence)
                 ok = state.link.send_envelope(
                     entry / ENVELOPE, meta.id, meta.flow, self.ctx.config.name, True, self.ctx.stop
                 )
@@ -603,8 +664,8 @@ class SenderAgent:
             self._corrupt(state, msg_id, meta, f"internal error: {reason}")
         return False
 
-    def _damage(self, entry: Path) -> str | None:
-        """Why an envelope on disk is no longer what we sealed (None when intact).
+    def _check_own(self, entry: Path) -> tuple[env.Header | None, str]:
+        """The header of an envelope on disk, if it is still what we sealed; else why not.
 
         The signature covers every byte, so checking it with our own public key finds any
         truncation, flipped bit or zero-filled block since sealing, without decrypting.
@@ -612,15 +673,16 @@ class SenderAgent:
         own = self.signing_key.public_key()
         try:
             with open(entry / ENVELOPE, "rb") as f:
-                env.verify_envelope(f, lambda sender, key: own)
+                return env.verify_envelope(f, lambda sender, key: own), ""
         except env.EnvelopeError as e:
-            return f"envelope damaged on disk: {e}"
+            return None, f"envelope damaged on disk: {e}"
         except OSError as e:
-            return f"envelope unreadable: {e}"
-        return None
+            return None, f"envelope unreadable: {e}"
 
     def _corrupt(self, state: str, msg_id: str, meta: MessageMeta | None, reason: str) -> None:
         spool = self.ctx.spool
+        self._sealed_here.pop(msg_id, None)
+        self._forget_bytes(msg_id)
         fields = meta if meta is not None else {"id": msg_id}
         self.ctx.record("corrupt", fields, outcome="error", reason=reason)
         with contextlib.suppress(Exception):

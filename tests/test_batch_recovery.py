@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 import pytest
-from harness import GatewayPair, make_file, wait_for
+from harness import GatewayPair, make_file, seal_test_envelope, wait_for
 
 from zonegate.audit.tools import reconcile
 from zonegate.audit.verify import verify
@@ -28,22 +28,28 @@ from zonegate.gateways.demo import write_gateway_pair
 from zonegate.gateways.ingest import IngestAgent
 from zonegate.gateways.sender import SenderAgent
 from zonegate.gateways.submit import submit_files
+from zonegate.transfer import envelope as env
 from zonegate.zones.config import load_gateway_config
 
-N_FILES = 40
 POINTS = {
     "ingest": ["ingest-recorded", "ingest-claimed", "ingest-published"],
     "sender": ["sender-sealed", "sender-moved", "sender-sent"],
     "receiver": ["receiver-recorded", "receiver-opened", "receiver-linked", "receiver-marked"],
 }
+#: small files cross the link in one frame and are delivered from memory; large ones are
+#: stored in received/ first: the receiver's points are taken on both paths
+SIZES = {"small": (40, [0, 1, 1024, 70_000]), "large": (6, [1_200_000, 2_500_000])}
+CASES = [(a, p, "small") for a, points in POINTS.items() for p in points]
+CASES += [("receiver", p, "large") for p in POINTS["receiver"]]
 
 
-def _sources(directory: Path) -> dict[str, str]:
+def _sources(directory: Path, kind: str) -> dict[str, str]:
+    n, sizes = SIZES[kind]
     directory.mkdir()
     out = {}
-    for i in range(N_FILES):
+    for i in range(n):
         path = directory / f"batch-{i:03d}.bin"
-        make_file(path, [0, 1, 1024, 70_000][i % 4], i)
+        make_file(path, sizes[i % len(sizes)], i)
         out[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
 
@@ -52,13 +58,12 @@ def _records(pair: GatewayPair, gateway: str) -> list[dict]:
     return [json.loads(x) for x in pair.audit_log(gateway).read_text().splitlines()]
 
 
-@pytest.mark.parametrize(
-    ("agent", "point"), [(agent, point) for agent, points in POINTS.items() for point in points]
-)
+@pytest.mark.parametrize(("agent", "point", "kind"), CASES)
 def test_a_batch_killed_at_any_point_is_finished_once(
-    pair: GatewayPair, tmp_path: Path, agent: str, point: str
+    pair: GatewayPair, tmp_path: Path, agent: str, point: str, kind: str
 ) -> None:
-    expected = _sources(tmp_path / "src")
+    expected = _sources(tmp_path / "src", kind)
+    n_files = len(expected)
     others = [a for a in ("ingest", "sender", "receiver") if a != agent]
     # The files are all waiting before the agents start, so they travel as batches.
     submit_files(pair.outbox, "import", [tmp_path / "src"])
@@ -67,13 +72,13 @@ def test_a_batch_killed_at_any_point_is_finished_once(
     wait_for(lambda: not pair.alive(agent), 60, f"{agent} to kill itself at {point}")
     assert pair.procs[agent].returncode == -9, pair.logs()
     pair.start(agent)
-    wait_for(lambda: pair.receiver_spool.depth("delivered") >= N_FILES, 120, "every delivery")
+    wait_for(lambda: pair.receiver_spool.depth("delivered") >= n_files, 120, "every delivery")
     wait_for(lambda: pair.sender_spool.depth("active") == 0, 30, "active/ to drain")
     names = sorted(p.name for p in pair.inbox_new.iterdir())
     assert names == sorted(expected), f"{point}: lost or duplicated files"
     for name, digest in expected.items():
         assert hashlib.sha256((pair.inbox_new / name).read_bytes()).hexdigest() == digest
-    assert pair.receiver_spool.depth("delivered") == N_FILES
+    assert pair.receiver_spool.depth("delivered") == n_files
     for spool in (pair.sender_spool, pair.receiver_spool):
         for state in ("quarantine", "corrupt", "incoming", "ready", "received"):
             assert spool.depth(state) == 0, f"{point}: {spool.root.parent.name} {state}/"
@@ -89,7 +94,7 @@ def test_a_batch_killed_at_any_point_is_finished_once(
     # Every message numbered once: the receiver saw each sequence number exactly once.
     delivered = [r for r in _records(pair, "internal-gw") if r["event"] == "delivered"]
     seqs = sorted({r["message"]["seq"] for r in delivered})
-    assert seqs == list(range(1, N_FILES + 1)), f"{point}: sequence numbers {seqs[:5]}..."
+    assert seqs == list(range(1, n_files + 1)), f"{point}: sequence numbers {seqs[:5]}..."
 
 
 # -- unit tests of the batch paths -----------------------------------------------------------
@@ -131,8 +136,11 @@ def test_one_bad_message_in_a_sealing_batch_goes_to_corrupt_and_the_rest_go_on(
         meta = sender_ctx.spool.read_meta("corrupt", victim)
         assert "injected failure while sealing" in (meta.reason or "")
         # Numbers 1..5 went to the five sealed messages, none to the one that failed.
-        seqs = sorted(sender_ctx.spool.read_meta("active", i).seq for i in ids if i != victim)
-        assert seqs == [1, 2, 3, 4, 5]
+        seqs = []
+        for i in set(ids) - {victim}:
+            with open(sender_ctx.spool.entry("active", i) / "envelope", "rb") as f:
+                seqs.append(env.read_header(f)[0].sequence)
+        assert sorted(seqs) == [1, 2, 3, 4, 5]
         records = [json.loads(x) for x in ctx.config.audit_log.read_text().splitlines()]
         sealed = [r["message"]["id"] for r in records if r["event"] == "sealed"]
         assert sorted(sealed) == sorted(set(ids) - {victim})
@@ -164,3 +172,109 @@ def test_a_batch_that_cannot_reach_the_audit_log_moves_nothing(tmp_path: Path) -
         assert ctx.spool.depth(state) == 0
     # Recovery (on the next start) clears the scratch entries of the batch that never claimed.
     assert len(os.listdir(ctx.spool.dir("tmp/ingest"))) == 5
+
+
+@pytest.mark.parametrize("where", ["before-markers", "after-markers"])
+def test_a_failed_delivery_from_memory_is_finished_from_received(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Envelopes that came in memory, in a batch that breaks: nothing is lost. Before their
+    markers are durable they are stored in received/ as they came; after, the markers finish
+    them. Either way each file is delivered once, and the audit log verifies."""
+    from zonegate.gateways.receiver import ReceiverAgent
+    from zonegate.transfer.durable import Barrier
+    from zonegate.transfer.link import Arrival
+
+    pair = GatewayPair(tmp_path / "gw")  # keys and configs only: everything runs in-process
+    cfg = load_gateway_config(pair.configs["internal-gw"])
+    ctx = AgentContext.open(cfg, "receiver")
+    receiver = ReceiverAgent(ctx)
+    flow = receiver.flows["import"]
+    arrivals = []
+    for i in range(5):
+        msg_id, _header, data = seal_test_envelope(pair, f"message {i}\n".encode() * 20)
+        arrivals.append(
+            Arrival(
+                msg_id,
+                ctx.spool.dir("tmp/link") / msg_id,
+                False,
+                len(data),
+                hashlib.sha256(data).hexdigest(),
+                payload=bytes(data),
+            )
+        )
+    barrier = Barrier()
+    receiver._accept_from_link(flow, arrivals, barrier)
+    items = receiver._from_memory(1.0)
+    assert len(items) == 5 and ctx.spool.depth("received") == 0
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("injected failure")
+
+    if where == "before-markers":
+        monkeypatch.setattr(receiver, "_sequence", broken)
+    else:
+        monkeypatch.setattr(receiver, "_link_into_inboxes", broken)
+    receiver._deliver_memory_guarded(items, barrier)
+    monkeypatch.undo()
+    held = ctx.spool.ids("received")
+    assert sorted(held) == sorted(a.transfer for a in arrivals), "every message is held on disk"
+    for msg_id in held:
+        stored = (ctx.spool.entry("received", msg_id) / "envelope").exists()
+        assert stored == (where == "before-markers")
+    assert not receiver._in_flight
+    receiver._deliver_batch_guarded(held, barrier)
+    barrier.close()
+    delivered = sorted(p.name for p in pair.inbox_new.iterdir())
+    assert delivered == sorted(f"{a.transfer[-8:]}.txt" for a in arrivals)
+    assert ctx.spool.depth("delivered") == 5 and ctx.spool.depth("received") == 0
+    assert ctx.spool.depth("quarantine") == 0 and ctx.spool.depth("corrupt") == 0
+    assert verify(cfg.audit_log).ok
+
+
+def test_what_a_receiver_holds_in_memory_stays_within_the_resend_window(tmp_path: Path) -> None:
+    """A receiver that dies loses what it held in memory; the sender re-sends only its resend
+    window on reconnect. So the link stage must wait while the deliver stage is behind by
+    MEMORY_BACKLOG, and what can be lost (that plus the link's own queues) must be less than
+    the default window (a kill -9 test once lost two messages when it was not)."""
+    import threading
+
+    from zonegate.gateways import receiver as receiver_module
+    from zonegate.transfer.durable import Barrier
+    from zonegate.transfer.link import Arrival
+    from zonegate.transfer.zmqlink import in_flight_bound
+    from zonegate.zones.config import DEFAULT_RESEND_WINDOW
+
+    assert in_flight_bound() + receiver_module.MEMORY_BACKLOG < DEFAULT_RESEND_WINDOW
+    pair = GatewayPair(tmp_path / "gw")
+    cfg = load_gateway_config(pair.configs["internal-gw"])
+    ctx = AgentContext.open(cfg, "receiver")
+    receiver = receiver_module.ReceiverAgent(ctx)
+    flow = receiver.flows["import"]
+    arrivals = []
+    for i in range(10):
+        msg_id, _header, data = seal_test_envelope(pair, bytes([i]) * 900_000)
+        arrivals.append(
+            Arrival(
+                msg_id,
+                ctx.spool.dir("tmp/link") / msg_id,
+                False,
+                len(data),
+                hashlib.sha256(data).hexdigest(),
+                payload=bytes(data),
+            )
+        )
+    barrier = Barrier()
+    link = threading.Thread(target=receiver._accept_from_link, args=(flow, arrivals, barrier))
+    link.start()
+    link.join(1.0)
+    assert link.is_alive(), "the link stage went on with 9 MB not yet durable"
+    assert receiver._queue.qsize() * 900_000 <= receiver_module.MEMORY_BACKLOG
+    while link.is_alive() or receiver._queue.qsize():
+        items = receiver._from_memory(0.5)
+        if items:
+            receiver._deliver_memory_guarded(items, Barrier())
+    link.join()
+    assert ctx.spool.depth("delivered") == 10
+    assert receiver._backlog == 0
+    assert verify(cfg.audit_log).ok

@@ -648,6 +648,8 @@ def open_envelope(
     dst: BinaryIO,
     recipient_private: X25519PrivateKey,
     sender_public: Callable[[str, str], Ed25519PublicKey | None],
+    *,
+    header: Header | None = None,
 ) -> Header:
     """Verify and decrypt an envelope into ``dst``; return its header.
 
@@ -660,9 +662,12 @@ def open_envelope(
 
     ``src`` must be seekable (two passes). ``dst`` may hold partial plaintext when this raises:
     the caller must discard it. Replay (id), sequence and policy checks are the caller's.
+    ``header``: what ``read_header`` returned for this source at its current position, when the
+    caller has checked it already (it is then not parsed a second time).
     """
     start = src.tell()
-    header, _ = read_header(src)
+    if header is None:
+        header, _ = read_header(src)
     ours = key_id(recipient_private.public_key())
     if not hmac.compare_digest(ours, header.recipient_key):
         raise EnvelopeError(

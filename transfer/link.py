@@ -5,11 +5,18 @@ receiver agent polls its link for envelopes that have arrived *whole and durably
 scratch directory, plus notes about the link (heartbeats, aborted transfers, stray input,
 messages the transport knows it lost). How bytes cross (frames over TCP, FEC-protected UDP
 datagrams, files on removable media) is each transport's own business.
+
+One exception, for small envelopes on a transport whose sender re-sends its resend window when
+the connection comes back (zmq): the envelope may arrive in memory (`Arrival.payload`), written
+nowhere yet. Should the receiver die before it made the message durable, the connection drops
+with it and the sender sends the message again, so nothing is lost; keeping it on disk first
+would only cost a file per message. An agent that needs the file calls `materialize`.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,12 +24,14 @@ from pathlib import Path
 from typing import Protocol
 
 from ..zones.config import Flow
+from .durable import fsync_dir, open_exclusive
 
 __all__ = [
     "Arrival",
     "LinkNote",
     "LinkReceiver",
     "LinkSender",
+    "materialize",
     "open_receiver",
     "open_sender",
     "register_transport",
@@ -33,7 +42,11 @@ ENVELOPE_FILE = "envelope"
 
 @dataclass(frozen=True)
 class Arrival:
-    """A complete envelope at `directory / "envelope"`, fsynced; the agent takes the directory."""
+    """A complete envelope at `directory / "envelope"`, fsynced; the agent takes the directory.
+
+    With `payload` set, the envelope is those bytes (checked against `sha256`) and nothing is on
+    disk: `directory` is where it goes if it is to be kept (`materialize`).
+    """
 
     transfer: str
     directory: Path
@@ -41,6 +54,22 @@ class Arrival:
     size: int
     #: hex SHA-256 of the envelope as it came off the link: later damage on disk shows against it
     sha256: str = ""
+    payload: bytes | None = None
+
+
+def materialize(arrival: Arrival) -> Arrival:
+    """The arrival as a durable file in its directory (a no-op for one already on disk)."""
+    if arrival.payload is None:
+        return arrival
+    work = arrival.directory
+    work.mkdir(mode=0o700)
+    with open_exclusive(work / ENVELOPE_FILE) as f:
+        f.write(arrival.payload)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(work)
+    fsync_dir(work.parent)
+    return Arrival(arrival.transfer, work, arrival.resend, arrival.size, arrival.sha256)
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,8 @@ class Spool:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        # Built once: entry() runs several times per message and step.
+        self._dirs = {name: self.root / name for name in (*STATES, *SCRATCH)}
 
     def create(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -106,9 +108,10 @@ class Spool:
         fsync_dir(self.root)
 
     def dir(self, state: str) -> Path:
-        if state not in STATES and state not in SCRATCH:
-            raise ValueError(f"unknown spool state {state!r}")
-        return self.root / state
+        try:
+            return self._dirs[state]
+        except KeyError:
+            raise ValueError(f"unknown spool state {state!r}") from None
 
     def entry(self, state: str, msg_id: str) -> Path:
         if not is_message_id(msg_id):

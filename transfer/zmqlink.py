@@ -1,10 +1,14 @@
 """ZeroMQ PUSH/PULL link adapter: the receiver binds, the sender connects, nothing replies.
 
-Only byte-moving lives here; framing rules are in `linkframe`. The sender's socket sets
-ZMQ_IMMEDIATE so frames queue only to a connected peer (a dead receiver blocks the sender
-instead of filling memory), bounded high-water marks and kernel buffers so the bytes in flight
-at any moment are bounded (that bound sizes the resend window), and never calls recv on the
-link. The receiver's socket never sends.
+Only byte-moving lives here; framing rules are in `linkframe`. An envelope of at most
+`MAX_PAYLOAD` bytes goes as one WHOLE frame and arrives in memory (`Arrival.payload`): the sender
+re-sends its resend window whenever the connection comes back, which covers a receiver that dies
+before it made such an envelope durable (see transfer/link.py). Larger ones stream to a file.
+
+The sender's socket sets ZMQ_IMMEDIATE so frames queue only to a connected peer (a dead
+receiver blocks the sender instead of filling memory), bounded high-water marks and kernel
+buffers so the bytes in flight at any moment are bounded (that bound sizes the resend window),
+and never calls recv on the link. The receiver's socket never sends.
 """
 
 from __future__ import annotations
@@ -37,10 +41,12 @@ from .linkframe import (
     Heartbeat,
     Reassembler,
     Stray,
+    Whole,
     begin_frame,
     data_frame,
     end_frame,
     heartbeat_frame,
+    whole_frame,
 )
 
 __all__ = [
@@ -56,12 +62,13 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 #: One poll takes at most this many link messages (or bytes) that are already waiting, then makes
 #: the envelopes they completed durable together: a group commit, never a wait for more.
 POLL_MESSAGES = 1024
-POLL_BYTES = 32 * 1024 * 1024
+POLL_BYTES = 8 * 1024 * 1024
 
 
 def in_flight_bound() -> int:
-    """Most bytes that can sit in queues and kernel buffers between the two processes."""
-    return 2 * HWM * MAX_PAYLOAD + 2 * SOCKET_BUFFER
+    """Most bytes that can sit in queues and kernel buffers between the two processes, and in
+    one poll of the receiver (taken off the socket, not yet handed on)."""
+    return 2 * HWM * MAX_PAYLOAD + 2 * SOCKET_BUFFER + POLL_BYTES
 
 
 @dataclass(frozen=True)
@@ -136,13 +143,16 @@ class ZmqLinkSender:
         events, self._events = self._events, []
         return events
 
-    def _send(self, frames: Iterable[bytes | memoryview], stop: threading.Event) -> bool:
+    def _send(
+        self, frames: Iterable[bytes | memoryview], stop: threading.Event, copy: bool = False
+    ) -> bool:
         """Hand one frame to ZeroMQ; False if asked to stop or the connection went down first
-        (what was sent of the envelope is then abandoned; the receiver discards it)."""
+        (what was sent of the envelope is then abandoned; the receiver discards it). `copy`
+        for small frames: copying a few KiB costs less than tracking a zero-copy buffer."""
         parts = list(frames)
         while not stop.is_set():
             try:
-                self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=copy)
                 return True
             except zmq.Again:
                 self.sock.poll(200, zmq.POLLOUT)
@@ -166,6 +176,12 @@ class ZmqLinkSender:
         with open(path, "rb", buffering=0) as f:
             length = f.seek(0, 2)
             f.seek(0)
+            if length <= MAX_PAYLOAD:
+                envelope = f.read(MAX_PAYLOAD + 1)
+                if len(envelope) <= MAX_PAYLOAD:
+                    return self.send_envelope_bytes(envelope, transfer, flow, sender, resend, stop)
+                length = f.seek(0, 2)  # it grew meanwhile: stream what is there now
+                f.seek(0)
             if not self._send(begin_frame(transfer, flow, sender, length, resend), stop):
                 return False
             offset = 0
@@ -178,6 +194,21 @@ class ZmqLinkSender:
                     return False
                 offset += len(chunk)
         return self._send(end_frame(transfer, h.digest()), stop)
+
+    def send_envelope_bytes(
+        self,
+        envelope: bytes,
+        transfer: str,
+        flow: str,
+        sender: str,
+        resend: bool,
+        stop: threading.Event,
+    ) -> bool:
+        """`send_envelope` for an envelope the caller holds in memory (at most MAX_PAYLOAD)."""
+        if len(envelope) > MAX_PAYLOAD:
+            raise ValueError(f"an envelope sent from memory is at most {MAX_PAYLOAD} bytes")
+        digest = hashlib.sha256(envelope).digest()
+        return self._send(whole_frame(transfer, flow, sender, resend, envelope, digest), stop, True)
 
     def send_heartbeat(
         self, flow: str, sender: str, last_seq: int, sent_at: str, stop: threading.Event
@@ -264,12 +295,12 @@ class ZmqEnvelopeReceiver:
             if taken >= POLL_MESSAGES or size >= POLL_BYTES:
                 break
             frames = self.link.recv_now()
-        if any(isinstance(item, Arrival) for item in out):
+        if len(self.barrier):
             try:
                 self.barrier.commit()
             except BaseException:
                 for item in out:  # not durable: as if they never arrived (the sender re-sends)
-                    if isinstance(item, Arrival):
+                    if isinstance(item, Arrival) and item.payload is None:
                         shutil.rmtree(item.directory, ignore_errors=True)
                 raise
         return out
@@ -282,6 +313,17 @@ class ZmqEnvelopeReceiver:
             self._open = None
 
     def _apply(self, event: object) -> Arrival | LinkNote | None:
+        if isinstance(event, Whole):
+            self._discard()
+            work = self.scratch / event.transfer
+            return Arrival(
+                event.transfer,
+                work,
+                event.resend,
+                len(event.payload),
+                event.digest.hex(),
+                payload=event.payload,
+            )
         if isinstance(event, Begin):
             self._discard()
             work = self.scratch / event.transfer
