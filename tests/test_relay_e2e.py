@@ -23,7 +23,7 @@ import pytest
 from harness import wait_for, zg
 
 from zonegate.audit.verify import verify
-from zonegate.gateways.demo_relay import BUREAU, DISTRICT, JUDICIAL, REPORT, write_relay_chain
+from zonegate.gateways.demo_configs import BUREAU, DISTRICT, JUDICIAL, REPORT, write_relay_chain
 from zonegate.gateways.submit import submit_files
 from zonegate.transfer import envelope as env
 from zonegate.transfer import hops as hop_records
