@@ -1,24 +1,37 @@
 """The receiver agent: takes envelopes off the link, verifies, decrypts and delivers them.
 
-Two stages, each its own thread so a slow disk write never stalls the socket:
-- link: frames -> `tmp/link/<id>/envelope` -> `received/<id>/` once the END frame's digest
-  matches (durable before anything else happens to it);
-- deliver: `received/` -> checks (flow, recipient, sender, replay, sequence) -> open the envelope
-  -> the destination side's own policy -> atomic delivery into `inbox/<flow>/new/`, then a
-  `delivered/<id>` marker that makes delivery idempotent by message id.
+Two stages, each its own thread so a slow disk write never stalls the socket: the link stage
+takes what the link brings, the deliver stage checks (flow, recipient, sender, replay,
+sequence), opens, applies this side's own policy and delivers atomically into
+`inbox/<flow>/new/`, with a `delivered/<id>` marker that makes delivery idempotent by message id.
+It writes nothing to the link. Anything refused is kept in `quarantine/`, as it came, with its
+reason. An envelope takes one of three ways in:
 
-It writes nothing to the link. Anything refused is kept in `quarantine/` with its reason.
+- stored first (any transport; relayed flows): `tmp/link/<id>/envelope` -> `received/<id>/`
+  once the END frame's digest matches, durable before anything else happens to it; the deliver
+  stage opens it from there;
+- in memory (zmq, at most 1 MiB, one WHOLE frame): handed to the deliver stage, never stored;
+- streamed (zmq, larger): decrypted as it comes into `inbox/<flow>/tmp/<id>.part` (`_Streamed`,
+  transfer/envelope_stream.py), the envelope itself never stored: one durable write (the
+  plaintext) instead of three (envelope, then plaintext after reading it twice).
+
+Why the last two lose nothing: until its marker in `received/` is durable a message is neither
+visible nor acknowledged anywhere; if the receiver dies before, the link drops with it and the
+sender re-sends its resend window on reconnect (gateways/sender.py). That window holds the
+newest messages, so the receiver must never let an older message wait undurable while newer
+ones pile up: the link stage stops taking (and the socket, then the sender, waits) when
+MEMORY_BACKLOG bytes of memory arrivals are not yet durable, and takes no new streamed envelope
+before every earlier one is durable; what can then be lost, that plus what sits in the link
+(`zmqlink.in_flight_bound()`), is less than the default window (64 MiB).
 
 Both stages work in batches (group commit) of whatever is waiting now, never waiting for more:
 the link stage takes every envelope the link has delivered in one poll, the deliver stage up to
-`BATCH_MESSAGES` (or `BATCH_BYTES`) of `received/`. Each step of the one-message path is done for
-the whole batch with one audit write and one durability barrier: metadata and records, barrier,
-renames into `received/`; and for delivery: open every envelope into `inbox/<flow>/tmp/`, the
-`verified`/`delivered` records and the `delivering_to` markers, barrier, the links into
-`inbox/<flow>/new/`, barrier, the `delivered_as` markers, barrier, the moves to `delivered/`,
-barrier. Every state change is still preceded by its durable audit record, and a file appears in
-`new/` only when its `delivering_to` marker is durable, so a crash anywhere finishes the delivery
-once (`_finish_delivery`) and never makes a second copy.
+`BATCH_MESSAGES` (or `BATCH_BYTES`). Each step of the one-message path is done for the whole
+batch with one audit write and one durability barrier (`_deliver_opened`): the plaintexts
+durable; the records and each message's marker naming the file it becomes; barrier; the links
+into the inbox; barrier; the moves to `delivered/`; barrier. Every state change is still preceded
+by its durable audit record, and a file appears in `new/` only once its marker is durable, so a
+crash anywhere finishes the delivery once (`_finish_delivery`) and never makes a second copy.
 
 Approvals are checked against this gateway's own people: an envelope of a flow that needs them is
 refused when one does not verify, when there are too few, or when one is from someone who is not a
@@ -40,6 +53,7 @@ import queue
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -57,11 +71,14 @@ from ..transfer.durable import (
     open_exclusive,
     replace_durably,
     replace_file,
+    start_writeback,
     write_new,
 )
+from ..transfer.envelope_stream import StreamOpener, reencrypt_chunks
 from ..transfer.ids import new_message_id
 from ..transfer.keys import load_encryption_private, load_signing_private, load_signing_public
-from ..transfer.link import Arrival, LinkNote, materialize, open_receiver
+from ..transfer.link import Arrival, LinkNote, StreamSink, materialize, open_receiver
+from ..transfer.linkframe import Begin
 from ..transfer.names import safe_name
 from ..transfer.publication import companion_paths, make_manifest, sign_manifest
 from ..transfer.spool import ENVELOPE, META, MessageMeta
@@ -118,7 +135,7 @@ class ReceiverAgent:
         self._hops: dict[str, str] = {}
         self.lock = threading.Lock()  # serialises moves into received/ against dedup checks
         #: envelopes that arrived in memory, from the link stage to the deliver stage
-        self._queue: queue.Queue[tuple[Flow, Arrival]] = queue.Queue()
+        self._queue: queue.Queue[_Handed] = queue.Queue()
         self._backlog = 0  # bytes of those not durable yet (under _backlog_cv)
         self._backlog_cv = threading.Condition()
         #: ids queued or being delivered from memory (under `lock`): held, for the dedup check
@@ -153,6 +170,9 @@ class ReceiverAgent:
         # A relayed flow arrives from its last relay: the link is the one-hop flow into us.
         hop = flow.link_into(self.ctx.config.name)
         link = open_receiver(hop, scratch, flow.policy.max_size + ENVELOPE_OVERHEAD)
+        if not flow.via and hasattr(link, "stream_to"):
+            # Large envelopes are opened as they come instead of stored first (_Streamed).
+            link.stream_to = partial(self._stream_to, flow)
         self.ctx.metrics.link_up.labels(flow.name).set(1)
         barrier = Barrier()
         try:
@@ -163,7 +183,13 @@ class ReceiverAgent:
                 for item in link.poll(200):
                     if isinstance(item, Arrival):
                         self.ctx.metrics.bytes.labels(flow.name, "link").inc(item.size)
-                        arrivals.append(item)
+                        if item.streamed:
+                            if arrivals:  # in order: what came before it first
+                                self._accept_from_link(flow, arrivals, barrier)
+                                arrivals = []
+                            self._streamed_complete(flow, item)
+                        else:
+                            arrivals.append(item)
                     else:
                         self._on_note(flow, item)
                 if arrivals:
@@ -287,6 +313,61 @@ class ReceiverAgent:
                 self._backlog += arrival.size
             self._queue.put((flow, arrival))
 
+    # -- large envelopes, opened as they come ---------------------------------------------
+    def _stream_to(self, flow: Flow, begin: Begin) -> StreamSink:
+        """The link offers a transfer's bytes as they come (zmq, a flow not relayed).
+
+        A re-send of a message held here is dropped as it comes; a replay is kept as it came,
+        for quarantine; anything else is decrypted on the fly into the inbox's tmp/ (_Streamed).
+        Before a new one is taken, every envelope that came before it must be durable: a crash
+        during a long transfer then loses only what the sender re-sends on reconnect (this one
+        and what follows it), never something earlier it no longer holds in its window.
+        """
+        msg_id = begin.transfer
+        with self.lock:
+            known = (
+                msg_id in self._in_flight
+                or self.ctx.spool.entry("delivered", msg_id).exists()
+                or self.ctx.spool.entry("received", msg_id).exists()
+            )
+            mode = "drop" if known and begin.resend else "raw" if known else "open"
+            if mode == "open":
+                self._in_flight.add(msg_id)
+        if mode == "open":
+            with self._backlog_cv:
+                while self._backlog and not self.ctx.stop.is_set():
+                    self._backlog_cv.wait(0.2)
+        return _Streamed(self, flow, msg_id, begin.length, begin.resend, mode)
+
+    def _streamed_complete(self, flow: Flow, arrival: Arrival) -> None:
+        """The last bytes of a streamed envelope came: hand it on, or keep it as refused."""
+        sink = arrival.sink
+        assert isinstance(sink, _Streamed)
+        link_meta = _link_meta(flow, arrival)
+        if sink.mode == "drop":
+            entry = self.ctx.entry(
+                "duplicate", link_meta, outcome="info", reason="re-send of a held message"
+            )
+            self.ctx.record_many([entry])
+            self.ctx.metrics.messages.labels(flow.name, "receive", "duplicate").inc()
+            return
+        opened = sink.complete(link_meta, arrival.sha256)
+        if opened is None:  # refused: the envelope as it came is in sink.work
+            assert sink.refused is not None
+            r = sink.refused
+            event = "replay" if sink.replay else r.event
+            with self.lock:
+                if event != "replay":
+                    self.ctx.record("received-on-link", link_meta)
+                self._quarantine_dir(sink.work, link_meta, r.code, r.reason, event)
+                if sink.owns_id:
+                    self._in_flight.discard(arrival.transfer)
+            return
+        self.ctx.metrics.messages.labels(flow.name, "receive", "received").inc()
+        with self._backlog_cv:
+            self._backlog += arrival.size
+        self._queue.put((flow, opened))
+
     # -- deliver stage ------------------------------------------------------------------
     def deliver_loop(self) -> None:
         barrier = Barrier()
@@ -302,20 +383,20 @@ class ReceiverAgent:
         finally:
             barrier.close()
 
-    def _from_memory(self, timeout: float) -> list[tuple[Flow, Arrival]]:
+    def _from_memory(self, timeout: float) -> list[_Handed]:
         """What the link stage handed over: wait up to `timeout` for the first, then take
         everything already there (up to a batch)."""
         try:
             items = [self._queue.get(timeout=timeout)]
         except queue.Empty:
             return []
-        size = items[0][1].size
+        size = _handed_size(items[0])
         while len(items) < BATCH_MESSAGES and size < BATCH_BYTES:
             try:
                 items.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-            size += items[-1][1].size
+            size += _handed_size(items[-1])
         return items
 
     def _take(self, ids: list[str]) -> tuple[list[str], list[str]]:
@@ -465,7 +546,7 @@ class ReceiverAgent:
             self._count_delivered(o.meta)
             self.ctx.metrics.observe_stage(o.flow.name, "deliver", o.started)
 
-    def _deliver_memory_guarded(self, items: list[tuple[Flow, Arrival]], barrier: Barrier) -> None:
+    def _deliver_memory_guarded(self, items: list[_Handed], barrier: Barrier) -> None:
         """Deliver envelopes that came in memory; should the batch fail as a whole, whatever of
         it is not yet durable is stored in received/ and delivered from there, one by one."""
         progress = _Progress()
@@ -484,37 +565,41 @@ class ReceiverAgent:
             self._store_unfinished(items, progress, barrier)
         finally:
             with self.lock:
-                self._in_flight.difference_update(a.transfer for _flow, a in items)
+                self._in_flight.difference_update(_handed_id(item) for item in items)
             with self._backlog_cv:  # durable now (or stored): room for what comes next
-                self._backlog -= sum(a.size for _flow, a in items)
+                self._backlog -= sum(_handed_size(item) for item in items)
                 self._backlog_cv.notify_all()
 
     def _store_unfinished(
-        self, items: list[tuple[Flow, Arrival]], progress: _Progress, barrier: Barrier
+        self, items: list[_Handed], progress: _Progress, barrier: Barrier
     ) -> None:
         """The file path for what a failed memory batch did not make durable (if this fails
         too, the stage stops: the agent ends, and the sender re-sends on reconnect)."""
         spool = self.ctx.spool
         with self.lock:  # no longer in flight: stored now, or delivered already
-            self._in_flight.difference_update(a.transfer for _flow, a in items)
+            self._in_flight.difference_update(_handed_id(item) for item in items)
         if not progress.committed:
             for msg_id in progress.created:  # begun, but not durable: start again from the file
                 shutil.rmtree(spool.entry("received", msg_id), ignore_errors=True)
-        todo = [
-            (flow, a)
-            for flow, a in items
-            if a.transfer not in progress.settled
-            and not any(spool.entry(s, a.transfer).exists() for s in ("received", "delivered"))
-        ]
         by_flow: dict[str, list[Arrival]] = {}
-        for flow, a in todo:
-            shutil.rmtree(a.directory, ignore_errors=True)
-            by_flow.setdefault(flow.name, []).append(materialize(a))
+        for flow, handed in items:
+            msg_id = _handed_id((flow, handed))
+            if msg_id in progress.settled or any(
+                spool.entry(s, msg_id).exists() for s in ("received", "delivered")
+            ):
+                continue
+            if isinstance(handed, _Opened):  # streamed: its envelope is rebuilt from plaintext
+                assert handed.rebuild is not None
+                arrival = handed.rebuild()
+            else:
+                shutil.rmtree(handed.directory, ignore_errors=True)
+                arrival = materialize(handed)
+            by_flow.setdefault(flow.name, []).append(arrival)
         for name, arrivals in by_flow.items():
             self._accept_from_link(self.flows[name], arrivals, barrier)
 
     def deliver_memory_batch(
-        self, items: list[tuple[Flow, Arrival]], barrier: Barrier, progress: _Progress
+        self, items: list[_Handed], barrier: Barrier, progress: _Progress
     ) -> None:
         """Verify, open and deliver envelopes that came in memory: the envelope itself is never
         written (a refused one is, as it came, into quarantine/).
@@ -526,10 +611,15 @@ class ReceiverAgent:
         it is durable, the plaintext is too, and `_finish_delivery` completes the delivery.
         """
         opened: list[_Opened] = []
-        for flow, arrival in items:
-            o = self._open_memory(flow, arrival, barrier)
+        for flow, handed in items:
+            if isinstance(handed, _Opened):  # streamed, opened as it came
+                barrier.file(handed.part)
+                barrier.dir(handed.part.parent)
+                opened.append(handed)
+                continue
+            o = self._open_memory(flow, handed, barrier)
             if o is None:
-                progress.settled.add(arrival.transfer)  # refused: in quarantine/ now
+                progress.settled.add(handed.transfer)  # refused: in quarantine/ now
             else:
                 opened.append(o)
         self._deliver_opened(opened, barrier, progress)
@@ -569,7 +659,11 @@ class ReceiverAgent:
         try:
             src = io.BytesIO(arrival.payload)
             header, part = self._verify_and_open_src(src, flow, link_meta, records, barrier)
-            approvals = self._check_approvals(flow, header, records)
+            try:
+                approvals = self._check_approvals(flow, header, records)
+            except Refused:
+                part.unlink()
+                raise
         except Refused as r:
             work = materialize(arrival).directory
             with self.lock:
@@ -628,7 +722,11 @@ class ReceiverAgent:
             if flow is None:
                 raise Refused("unknown-flow", f"flow {meta.flow!r} is not received here")
             header, part = self._verify_and_open(entry, flow, meta, records, barrier)
-            approvals = self._check_approvals(flow, header, records)
+            try:
+                approvals = self._check_approvals(flow, header, records)
+            except Refused:
+                part.unlink()
+                raise
         except Refused as r:
             if self._damaged_on_disk(entry, meta):
                 self._corrupt_received(
@@ -669,22 +767,7 @@ class ReceiverAgent:
             header, _length = env.read_header(src)
         except (env.EnvelopeError, hop_records.HopError) as e:
             raise Refused(e.reason, e.detail) from None
-        if header.message_id != meta.id:
-            raise Refused("malformed", "the envelope's id differs from its link transfer id")
-        if header.flow != flow.name or header.sender != flow.sender:
-            raise Refused(
-                "wrong-flow",
-                f"envelope for flow {header.flow!r} from {header.sender!r} "
-                f"arrived on flow {flow.name!r}",
-            )
-        if header.recipient != self.ctx.config.name:
-            raise Refused("wrong-recipient", f"addressed to {header.recipient!r}, not us")
-        if header.size > flow.policy.max_size or header.size < flow.policy.min_size:
-            raise Refused(
-                "policy-size",
-                f"{header.size} bytes is outside this side's limits "
-                f"{flow.policy.min_size}..{flow.policy.max_size}",
-            )
+        self._check_header(header, flow, meta.id)
         if flow.via:
             self._check_hops(src, flow, header, hops, offset)
         inbox_tmp, _new = inbox_dirs(self.ctx.config.inbox, flow.name)
@@ -712,6 +795,25 @@ class ReceiverAgent:
         else:
             records.append(self.ctx.entry("verified", verified))
         return header, part
+
+    def _check_header(self, header: env.Header, flow: Flow, msg_id: str) -> None:
+        """This side's checks of a header, before anything of the body is decrypted."""
+        if header.message_id != msg_id:
+            raise Refused("malformed", "the envelope's id differs from its link transfer id")
+        if header.flow != flow.name or header.sender != flow.sender:
+            raise Refused(
+                "wrong-flow",
+                f"envelope for flow {header.flow!r} from {header.sender!r} "
+                f"arrived on flow {flow.name!r}",
+            )
+        if header.recipient != self.ctx.config.name:
+            raise Refused("wrong-recipient", f"addressed to {header.recipient!r}, not us")
+        if header.size > flow.policy.max_size or header.size < flow.policy.min_size:
+            raise Refused(
+                "policy-size",
+                f"{header.size} bytes is outside this side's limits "
+                f"{flow.policy.min_size}..{flow.policy.max_size}",
+            )
 
     def _check_hops(
         self, src: BinaryIO, flow: Flow, header: env.Header, hops: tuple, offset: int
@@ -745,9 +847,6 @@ class ReceiverAgent:
                 Subject.from_header(header), header.approvals, self.directory, flow.approval
             )
         except ApprovalRefused as r:
-            _tmp, _new = inbox_dirs(self.ctx.config.inbox, flow.name)
-            with contextlib.suppress(FileNotFoundError):
-                (_tmp / f"{header.message_id}.part").unlink()
             raise Refused(r.code, r.reason) from None
         meta = _meta_from_header(header, resent=0)
         for v in verified:
@@ -922,6 +1021,184 @@ class ReceiverAgent:
         log.warning("quarantined envelope %s as %s: %s: %s", meta.id, qid, code, meta.reason)
 
 
+#: while a large plaintext is written, the disk is started on it every this many bytes
+WRITEBACK_EVERY = 32 * 1024 * 1024
+
+
+class _Streamed:
+    """One large envelope taken off the link as it comes: the StreamSink the receiver gives.
+
+    `mode` "open": decrypted chunk by chunk into `inbox/<flow>/tmp/<id>.part` (StreamOpener);
+    "raw": kept as it came in the scratch dir, for quarantine (a replay, or one refused on the
+    way: what was decrypted is encrypted again, giving back exactly the bytes that came);
+    "drop": a re-send of a message held here, of which nothing is kept.
+
+    Nothing here is durable: the deliver stage makes the plaintext durable with its marker
+    (`_deliver_opened`); a quarantined copy is fsynced before it is moved there.
+    """
+
+    def __init__(
+        self, agent: ReceiverAgent, flow: Flow, msg_id: str, length: int, resend: bool, mode: str
+    ) -> None:
+        self.agent = agent
+        self.flow = flow
+        self.msg_id = msg_id
+        self.length = length
+        self.resend = resend
+        self.mode = mode
+        self.replay = mode == "raw"
+        self.owns_id = mode == "open"  # its id was put in flight for it (see _stream_to)
+        # Checked end to end by the opener; a kept copy is checked against the sender's digest.
+        self.verifies_envelope = mode == "open"
+        self.refused: Refused | None = Refused("replay", "message id was already received or "
+                                               "delivered") if self.replay else None  # fmt: skip
+        self.work = agent.ctx.spool.dir("tmp/link") / f"{msg_id}.{id(self):x}"
+        inbox_tmp, _new = inbox_dirs(agent.ctx.config.inbox, flow.name)
+        self.part_path = inbox_tmp / f"{msg_id}.part"
+        self.part: BinaryIO | None = None
+        self.raw: BinaryIO | None = None
+        self.records: list[AuditEntry] = []
+        self.written = 0
+        self.started = time.monotonic()
+        self.opener = StreamOpener(
+            length,
+            agent.private_key,
+            agent._sender_key,
+            check_header=lambda h: agent._check_header(h, flow, msg_id),
+        )
+        if mode == "open":
+            with contextlib.suppress(FileNotFoundError):
+                self.part_path.unlink()
+            self.part = open_exclusive(self.part_path)
+        elif mode == "raw":
+            self._open_raw()
+
+    def _open_raw(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(mode=0o700)
+        self.raw = open_exclusive(self.work / ENVELOPE)
+
+    def write(self, data: bytes) -> None:
+        if self.mode == "raw":
+            assert self.raw is not None
+            self.raw.write(data)
+        elif self.mode == "open":
+            try:
+                self.opener.feed(data, self._plaintext)
+            except env.EnvelopeError as e:
+                self._refuse(Refused(e.reason, e.detail))
+            except Refused as r:
+                self._refuse(r)
+
+    def _plaintext(self, pt: bytes) -> None:
+        assert self.part is not None
+        if self.written:
+            crash_point("receiver-streamed")  # a transfer half in, half decrypted
+        self.part.write(pt)
+        before = self.written
+        self.written += len(pt)
+        if before // WRITEBACK_EVERY != self.written // WRITEBACK_EVERY:
+            self.part.flush()
+            start_writeback(self.part.fileno(), 0, 0)
+
+    def _refuse(self, r: Refused) -> None:
+        """From now on keep the envelope as it came: what was decrypted, encrypted again."""
+        self.refused = r
+        self._open_raw()
+        assert self.raw is not None and self.part is not None
+        o = self.opener
+        if o.header is not None:
+            self.raw.write(o.prefix)
+            self.part.flush()
+            with open(self.part_path, "rb") as plaintext:
+                reencrypt_chunks(plaintext, self.raw, o.header, o.content_key, o.chunks_opened)
+        self.raw.write(o.pending)
+        self._drop_part()
+        self.mode = "raw"
+
+    def _drop_part(self) -> None:
+        if self.part is not None:
+            self.part.close()
+            self.part = None
+        with contextlib.suppress(FileNotFoundError):
+            self.part_path.unlink()
+
+    def abort(self, reason: str) -> None:
+        self._drop_part()
+        if self.raw is not None:
+            self.raw.close()
+        shutil.rmtree(self.work, ignore_errors=True)
+        if self.owns_id:
+            with self.agent.lock:
+                self.agent._in_flight.discard(self.msg_id)
+
+    def complete(self, link_meta: MessageMeta, link_sha256: str) -> _Opened | None:
+        """All bytes came (their digest checked by the link): the opened message, or None when
+        it is refused (then `refused` says why and `work` holds it as it came, fsynced)."""
+        if self.mode == "open":
+            try:
+                header = self.opener.finish()
+                approvals = self.agent._check_approvals(self.flow, header, self.records)
+            except env.EnvelopeError as e:
+                self._refuse(Refused(e.reason, e.detail))
+            except Refused as r:
+                self._refuse(r)
+        if self.mode == "raw":
+            assert self.raw is not None and self.refused is not None
+            self.raw.flush()
+            os.fsync(self.raw.fileno())
+            self.raw.close()
+            if _sha256_of(self.work / ENVELOPE) != link_sha256:  # a rebuilt copy must be exact
+                self.refused = Refused(
+                    self.refused.code,
+                    f"{self.refused.reason} (the copy kept was rebuilt from its plaintext and "
+                    "differs from what came)",
+                    self.refused.event,
+                )
+            return None
+        assert self.part is not None
+        self.part.close()
+        self.part = None
+        verified = _meta_from_header(header, resent=link_meta.resent)
+        self.records.insert(0, self.agent.ctx.entry("verified", verified))
+        o = self.agent._opened(
+            self.flow, header, approvals, self.records, self.part_path, self.started,
+            link_meta.resent,
+        )  # fmt: skip
+        o.link_meta = link_meta
+        o.size = self.length
+        o.rebuild = self.rebuild
+        return o
+
+    def rebuild(self) -> Arrival:
+        """The envelope as it came, from its plaintext, durable in the scratch dir (for a
+        delivery that failed before its marker was durable: it then goes the file way)."""
+        o = self.opener
+        assert o.header is not None
+        self._open_raw()
+        assert self.raw is not None
+        self.raw.write(o.prefix)
+        with open(self.part_path, "rb") as plaintext:
+            reencrypt_chunks(plaintext, self.raw, o.header, o.content_key, o.chunks_opened)
+        self.raw.write(o.pending)  # the signature
+        self.raw.flush()
+        os.fsync(self.raw.fileno())
+        self.raw.close()
+        self._drop_part()
+        fsync_dir(self.work)
+        fsync_dir(self.work.parent)
+        digest = _sha256_of(self.work / ENVELOPE)
+        return Arrival(self.msg_id, self.work, self.resend, self.length, digest)
+
+
+def _sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 @dataclass
 class _Opened:
     """A message of a delivery batch, decrypted into `part`, on its way to `want`."""
@@ -934,6 +1211,22 @@ class _Opened:
     started: float
     target: Path = Path()
     link_meta: MessageMeta | None = None  # of one that came in memory: what the link said
+    #: of one streamed: its envelope, rebuilt into the scratch dir as it came (a fallback)
+    rebuild: Callable[[], Arrival] | None = None
+    size: int = 0  # of one streamed: its envelope's length (what the backlog counts)
+
+
+#: what the link stage hands the deliver stage: an envelope in memory, or one opened as it came
+_Handed = tuple[Flow, "Arrival | _Opened"]
+
+
+def _handed_id(item: _Handed) -> str:
+    handed = item[1]
+    return handed.meta.id if isinstance(handed, _Opened) else handed.transfer
+
+
+def _handed_size(item: _Handed) -> int:
+    return item[1].size  # an envelope's length, in memory or streamed
 
 
 @dataclass

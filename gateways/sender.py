@@ -26,6 +26,15 @@ ingest (or review) wrote: rewriting it per message would cost a file per message
 
 A message is durable in `active/`, sealed and numbered, before any byte of it leaves, so a
 crash at any point re-sends it from there, marked as a re-send, and never numbers it twice.
+
+A large message (an envelope over 1 MiB) on a link that takes an envelope while it is written
+(zmq: `open_stream`) is sealed while it is sent instead (`_seal_while_sending`): one pass over
+the plaintext and one durable write of the envelope, not a write then a read back. Its number
+and a mark that it may have gone out are durable in its meta.json before its first byte
+leaves, so a crash or a broken link mid-way leaves it in `ready/`, to be sealed and sent again
+with the same number as a re-send (a fresh key: the receiver, which drops re-sends of what it
+holds, never needs the earlier envelope). The plaintext stays in `ready/` (the ingest side of
+the spool) until its envelope is complete and durable, never in `active/` or `sent/`.
 """
 
 from __future__ import annotations
@@ -40,15 +49,16 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from ..transfer import envelope as env
 from ..transfer.approvals import ApprovalRefused, Directory, check_approvals
-from ..transfer.durable import Barrier, fsync_dir, replace_file
+from ..transfer.durable import Barrier, fsync_dir, replace_file, start_writeback
 from ..transfer.keys import load_encryption_public, load_signing_private
-from ..transfer.link import LinkSender, open_sender
+from ..transfer.link import LinkBroken, LinkSender, LinkStream, open_sender
 from ..transfer.spool import DATA, ENVELOPE, META, MessageMeta, SpoolError
 from ..zones.config import Flow
 from .agent import AgentContext, AuditEntry, FailClosed, crash_point, utc_now
@@ -69,6 +79,11 @@ POLL_INTERVAL = 0.02
 #: MEMORY_BYTES of them), so a small message is not read back from the disk to be sent.
 MEMORY_ENVELOPE = 1024 * 1024
 MEMORY_BYTES = 32 * 1024 * 1024
+#: while a large envelope is written, the disk is started on it every this many bytes
+WRITEBACK_EVERY = 32 * 1024 * 1024
+#: The envelope chunk: with its tag it fits one link frame (linkframe.MAX_PAYLOAD, 1 MiB), so
+#: a receiver opening an envelope as it comes decrypts each frame as it is, without a copy.
+CHUNK_SIZE = 512 * 1024
 
 
 @dataclass
@@ -168,6 +183,14 @@ class SenderAgent:
         between the move into active/ and the unlink) is removed, so only ciphertext stays.
         """
         spool = self.ctx.spool
+        for msg_id in spool.ids("ready"):
+            entry = spool.entry("ready", msg_id)
+            if not (entry / DATA).exists() and (entry / ENVELOPE).exists():
+                # Sealed while sent, its plaintext removed, then a crash: it goes again.
+                with contextlib.suppress(Exception):
+                    meta = spool.read_meta("ready", msg_id)
+                    spool.write_meta("ready", msg_id, meta.replace(resent=1))
+                    spool.move(msg_id, "ready", "active")
         for msg_id in spool.ids("active"):
             entry = spool.entry("active", msg_id)
             with contextlib.suppress(Exception):
@@ -362,9 +385,17 @@ class SenderAgent:
                 continue
             if not self._approved("ready", meta, state):
                 continue
-            # Numbered only once it is sealed: a message that cannot be sealed takes no number.
-            meta = meta.replace(seq=last_seq.get(meta.flow, state.seq) + 1)
             entry = spool.entry("ready", msg_id)
+            if self._streams(meta, state, entry):
+                if not sealed:  # alone, in order: what came before it is sealed already
+                    self._seal_while_sending(meta, state)
+                break
+            if meta.extra.get("streaming") and meta.seq:
+                # Began to go out sealed while sent: it keeps its number, and is a re-send.
+                meta = meta.replace(resent=1)
+            else:
+                # Numbered only once sealed: a message that cannot be sealed takes no number.
+                meta = meta.replace(seq=last_seq.get(meta.flow, state.seq) + 1)
             try:
                 sealed_bytes = self._seal_to(entry / DATA, entry / ENVELOPE, meta, state)
             except OSError as e:
@@ -383,7 +414,7 @@ class SenderAgent:
             if sealed_bytes is not None:
                 self._in_memory[meta.id] = sealed_bytes
                 self._in_memory_bytes += len(sealed_bytes)
-            last_seq[meta.flow] = meta.seq
+            last_seq[meta.flow] = max(last_seq.get(meta.flow, state.seq), meta.seq)
             sealed.append(meta)
         if not sealed:
             return
@@ -435,12 +466,87 @@ class SenderAgent:
         log.warning("not sealing %s (%s): %s: %s", meta.id, meta.original_name, code, reason)
         return False
 
-    def _seal_to(self, src: Path, dst: Path, meta: MessageMeta, state: _FlowLink) -> bytes | None:
-        """Seal `src` into a new `dst` (not yet durable); a partial `dst` is removed on error.
+    # -- large messages: sealed while they are sent ---------------------------------------
+    def _streams(self, meta: MessageMeta, state: _FlowLink, entry: Path) -> bool:
+        """A large message, on a link that takes an envelope while it is being sealed."""
+        if not hasattr(state.link, "open_stream") or not state.link.connected:
+            return False
+        if not (entry / DATA).exists():
+            return False
+        return env.envelope_length(self._header(meta.replace(seq=1), state)) > MEMORY_ENVELOPE
 
-        Returns the envelope's bytes if it is small enough to be kept in memory until sent."""
+    def _seal_while_sending(self, meta: MessageMeta, state: _FlowLink) -> bool:
+        """Seal a large message of ready/ into its envelope and onto the link at once.
+
+        One pass over the plaintext and one durable write of the envelope, instead of sealing
+        it to disk and reading it back to send it. The order that keeps it safe: the message's
+        number and a mark that it may have gone out (`streaming`) are durable in its meta.json,
+        with the counter and the `sealed` record, before its first byte leaves; then it is
+        sealed and sent; then the envelope is made durable and the plaintext removed; then the
+        `sent` record and the move to sent/. A crash or a broken link before that leaves it in
+        ready/, sealed and sent again (a fresh key, the same number) as a re-send; a crash after
+        the plaintext is gone finds its envelope in ready/ and sends that again (_recover_active).
+        """
+        spool = self.ctx.spool
+        barrier = self.barrier
+        entry = spool.entry("ready", meta.id)
+        again = bool(meta.extra.get("streaming")) and meta.seq > 0
+        seq = meta.seq if again else state.seq + 1
+        meta = meta.replace(seq=seq, extra={**meta.extra, "streaming": True})
+        self.ctx.record("sealed", meta)
+        spool.write_meta("ready", meta.id, meta, barrier)
+        if seq > state.seq:
+            replace_file(self._seq_file(meta.flow), str(seq).encode(), barrier)
+            state.seq = seq
+        barrier.commit()
+        header = self._header(meta, state)
+        tmp = entry / (ENVELOPE + ".tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        name = self.ctx.config.name
+        started = time.monotonic()
+        try:
+            stream = state.link.open_stream(  # type: ignore[attr-defined]
+                meta.id, meta.flow, name, env.envelope_length(header), again, self.ctx.stop
+            )
+            fd = os.open(entry / DATA, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as src, open(tmp, "xb") as out:
+                env.seal(src, _Tee(out, stream), header, state.recipient_key, self.signing_key)
+                out.flush()
+                os.fsync(out.fileno())
+            ok = stream.finish()
+        except LinkBroken:
+            ok = False
+        except (OSError, env.EnvelopeError) as e:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self._corrupt("ready", meta.id, meta, f"cannot seal: {e}")
+            return False
+        if not ok:  # it stays in ready/, to be sealed and sent again, as a re-send
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            return False
+        self.ctx.metrics.observe_stage(meta.flow, "seal", started)
+        os.rename(tmp, entry / ENVELOPE)
+        (entry / DATA).unlink()  # past this point only ciphertext stays in the spool
+        fsync_dir(entry)
+        crash_point("sender-streamed")
+        self.ctx.record("resent" if again else "sent", meta)
+        spool.move(meta.id, "ready", "sent")
+        size = (spool.entry("sent", meta.id) / ENVELOPE).stat().st_size
+        state.remember(meta.id, size)
+        self.ctx.metrics.messages.labels(meta.flow, "seal", "ok").inc()
+        outcome = "resent" if again else "sent"
+        self.ctx.metrics.messages.labels(meta.flow, "send", outcome).inc()
+        self.ctx.metrics.bytes.labels(meta.flow, "send").inc(size)
+        self.ctx.metrics.observe_stage(meta.flow, "send", started)
+        return True
+
+    def _header(self, meta: MessageMeta, state: _FlowLink) -> env.Header:
         cfg = self.ctx.config
-        header = env.Header(
+        return env.Header(
             version=1,
             message_id=meta.id,
             flow=meta.flow,
@@ -453,12 +559,18 @@ class SenderAgent:
             size=meta.size,
             sha256=meta.sha256,
             created=meta.created or utc_now(),
-            chunk_size=env.DEFAULT_CHUNK_SIZE,
+            chunk_size=CHUNK_SIZE,
             sender_key=env.key_id(self.signing_key.public_key()),
             recipient_key=env.key_id(state.recipient_key),
             classification=_level(cfg, state.flow.source),
             approvals=_approvals(meta) if state.flow.approval.required else (),
         )
+
+    def _seal_to(self, src: Path, dst: Path, meta: MessageMeta, state: _FlowLink) -> bytes | None:
+        """Seal `src` into a new `dst` (not yet durable); a partial `dst` is removed on error.
+
+        Returns the envelope's bytes if it is small enough to be kept in memory until sent."""
+        header = self._header(meta, state)
         with contextlib.suppress(FileNotFoundError):
             dst.unlink()  # what a crashed run began
         started = time.monotonic()
@@ -692,6 +804,28 @@ class SenderAgent:
         flow = meta.flow if meta is not None else "unknown"
         self.ctx.metrics.rejections.labels(flow, "send", "corrupt").inc()
         log.error("message %s moved to corrupt/: %s", msg_id, reason)
+
+
+class _Tee:
+    """Writes go to the envelope file and onto the link at once (sealing while sending); the
+    disk is started on the file as it grows, so its fsync at the end waits for little."""
+
+    def __init__(self, out: BinaryIO, stream: LinkStream) -> None:
+        self.out = out
+        self.stream = stream
+        self.written = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        n = self.out.write(data)
+        self.stream.write(data)
+        before = self.written
+        self.written += n
+        if before < MEMORY_ENVELOPE <= self.written:
+            crash_point("sender-streaming")  # an envelope half sealed, half sent
+        if before // WRITEBACK_EVERY != self.written // WRITEBACK_EVERY:
+            self.out.flush()
+            start_writeback(self.out.fileno(), 0, 0)
+        return n
 
 
 def _approvals(meta: MessageMeta) -> tuple[dict, ...]:

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 import pytest
-from harness import GatewayPair, make_file, seal_test_envelope, wait_for
+from harness import GatewayPair, make_file, metric_value, seal_test_envelope, wait_for
 
 from zonegate.audit.tools import reconcile
 from zonegate.audit.verify import verify
@@ -36,11 +36,18 @@ POINTS = {
     "sender": ["sender-sealed", "sender-moved", "sender-sent"],
     "receiver": ["receiver-recorded", "receiver-opened", "receiver-linked", "receiver-marked"],
 }
-#: small files cross the link in one frame and are delivered from memory; large ones are
-#: stored in received/ first: the receiver's points are taken on both paths
-SIZES = {"small": (40, [0, 1, 1024, 70_000]), "large": (6, [1_200_000, 2_500_000])}
+#: small files cross the zmq link in one frame and are delivered from memory; large ones are
+#: sealed while sent and opened as they come; over the ferry directory every envelope is
+#: stored in received/ first: the points are taken on each path
+SIZES = {
+    "small": (40, [0, 1, 1024, 70_000]),
+    "large": (4, [1_200_000, 2_500_000]),
+    "ferry": (20, [0, 1024, 70_000]),
+}
 CASES = [(a, p, "small") for a, points in POINTS.items() for p in points]
-CASES += [("receiver", p, "large") for p in POINTS["receiver"]]
+CASES += [("sender", p, "large") for p in ("sender-streaming", "sender-streamed")]
+CASES += [("receiver", p, "large") for p in ["receiver-streamed", *POINTS["receiver"][1:]]]
+CASES += [("receiver", p, "ferry") for p in POINTS["receiver"]]
 
 
 def _sources(directory: Path, kind: str) -> dict[str, str]:
@@ -60,15 +67,41 @@ def _records(pair: GatewayPair, gateway: str) -> list[dict]:
 
 @pytest.mark.parametrize(("agent", "point", "kind"), CASES)
 def test_a_batch_killed_at_any_point_is_finished_once(
+    tmp_path: Path, agent: str, point: str, kind: str
+) -> None:
+    transports = None
+    if kind == "ferry":
+        t = {"kind": "ferry", "endpoint": str(tmp_path / "ferry")}
+        transports = {"internet-gw": t, "internal-gw": t}
+    pair = GatewayPair(tmp_path / "gw", transports=transports)
+    try:
+        _killed_and_finished(pair, tmp_path, agent, point, kind)
+    finally:
+        pair.stop()
+
+
+def _killed_and_finished(
     pair: GatewayPair, tmp_path: Path, agent: str, point: str, kind: str
 ) -> None:
     expected = _sources(tmp_path / "src", kind)
     n_files = len(expected)
     others = [a for a in ("ingest", "sender", "receiver") if a != agent]
-    # The files are all waiting before the agents start, so they travel as batches.
-    submit_files(pair.outbox, "import", [tmp_path / "src"])
-    pair.start(*others)
-    pair.start(agent, env={"ZONEGATE_CRASH_AT": point})
+    if kind == "large" and agent == "sender":
+        # Sealed while sent needs the link up (without it a large one is sealed to disk).
+        pair.start("receiver")
+        pair.start("sender", env={"ZONEGATE_CRASH_AT": point})
+        wait_for(
+            lambda: metric_value(pair.metrics("sender"), "zonegate_link_up", flow="import") == 1,
+            30,
+            "the sender's link",
+        )
+        submit_files(pair.outbox, "import", [tmp_path / "src"])
+        pair.start("ingest")
+    else:
+        # The files are all waiting before the agents start, so they travel as batches.
+        submit_files(pair.outbox, "import", [tmp_path / "src"])
+        pair.start(*others)
+        pair.start(agent, env={"ZONEGATE_CRASH_AT": point})
     wait_for(lambda: not pair.alive(agent), 60, f"{agent} to kill itself at {point}")
     assert pair.procs[agent].returncode == -9, pair.logs()
     pair.start(agent)

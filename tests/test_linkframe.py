@@ -346,14 +346,21 @@ def test_receiver_api_only_returns_events() -> None:
     """Nothing on the receiving side can produce bytes to send back: feed yields only events."""
     r = reasm()
     public = {n for n in dir(r) if not n.startswith("_")}
-    assert public == {"feed", "flow", "sender", "max_length", "open_transfer"}
+    assert public == {
+        "feed",
+        "flow",
+        "sender",
+        "max_length",
+        "open_transfer",
+        "verified_end_to_end",  # returns nothing: the reader of the bytes checks them
+    }
     tid = new_message_id()
     for frames in [*frames_for(tid, b"payload", 3), *MALFORMED]:
         for e in r.feed(frames):
             assert isinstance(e, EVENT_TYPES)
 
 
-TAGS = st.sampled_from([b"ZGL1B", b"ZGL1D", b"ZGL1E", b"ZGL1H", b"ZGL1X", b""])
+TAGS = st.sampled_from([b"ZGL1B", b"ZGL1D", b"ZGL1E", b"ZGL1H", b"ZGL1W", b"ZGL1X", b""])
 PART = st.one_of(
     st.binary(max_size=64),
     st.sampled_from([b"\x00" * 8, b"\x00" * 16, b"\x00" * 32, b"{}", b"[" * 3000]),
@@ -450,3 +457,18 @@ def test_whole_frame_for_another_flow_is_stray_and_length_is_bounded() -> None:
     only(reasm().feed(whole_frame(new_message_id(), "other", SENDER, False, body, digest)), Stray)
     only(reasm(max_length=5).feed(whole_frame(new_message_id(), FLOW, SENDER, False, body, digest)),
          Stray)  # fmt: skip
+
+
+def test_a_transfer_checked_end_to_end_keeps_the_claimed_digest() -> None:
+    """Its reader verifies the envelope itself; the END digest is the sender's claim, kept."""
+    tid = new_message_id()
+    r = reasm()
+    assert r.feed(begin_frame(tid, FLOW, SENDER, 6, False))[0].transfer == tid
+    r.verified_end_to_end()
+    assert r.feed(data_frame(tid, 0, b"abcdef")) == [Data(tid, 0, b"abcdef")]
+    claimed = hashlib.sha256(b"something else").digest()
+    assert r.feed(end_frame(tid, claimed)) == [Complete(tid, 6, claimed)]
+    # the next transfer is checked again
+    tid2 = open_transfer(r, 3)
+    r.feed(data_frame(tid2, 0, b"abc"))
+    only(r.feed(end_frame(tid2, claimed)), Abort)

@@ -490,12 +490,11 @@ def seal_deterministic(
 
     plain_hash = hashlib.sha256()
     body_hash = hashlib.sha256()
-    # No bigger than the file: a 1 KiB message must not zero two 1 MiB buffers.
-    largest = min(chunk_size, header.size)
-    pt_buf = bytearray(largest)
-    ct_buf = bytearray(largest + TAG_LENGTH)
+    # No bigger than the file: a 1 KiB message must not zero a 1 MiB buffer. Each chunk's
+    # ciphertext is a new bytes object, so a destination may keep it without a copy (a link
+    # that sends it while it is also written to disk).
+    pt_buf = bytearray(min(chunk_size, header.size))
     pt_view = memoryview(pt_buf)
-    ct_view = memoryview(ct_buf)
     remaining = header.size
     for index in range(n_chunks):
         want = min(chunk_size, remaining)
@@ -508,9 +507,8 @@ def seal_deterministic(
             )
         remaining -= want
         pt = pt_view[:want]
-        ct = ct_view[: want + TAG_LENGTH]
         plain_hash.update(pt)
-        aead.encrypt_into(_nonce(index, index == n_chunks - 1), pt, hh, ct)
+        ct = aead.encrypt(_nonce(index, index == n_chunks - 1), pt, hh)
         body_hash.update(ct)
         written += _write_all(dst, ct)
     if src.read(1):

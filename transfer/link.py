@@ -28,9 +28,12 @@ from .durable import fsync_dir, open_exclusive
 
 __all__ = [
     "Arrival",
+    "LinkBroken",
     "LinkNote",
     "LinkReceiver",
     "LinkSender",
+    "LinkStream",
+    "StreamSink",
     "materialize",
     "open_receiver",
     "open_sender",
@@ -55,6 +58,12 @@ class Arrival:
     #: hex SHA-256 of the envelope as it came off the link: later damage on disk shows against it
     sha256: str = ""
     payload: bytes | None = None
+    #: the envelope went, as it came, into this sink the agent gave for it (`stream_to`)
+    sink: StreamSink | None = None
+
+    @property
+    def streamed(self) -> bool:
+        return self.sink is not None
 
 
 def materialize(arrival: Arrival) -> Arrival:
@@ -111,6 +120,40 @@ class LinkSender(Protocol):
     ) -> bool: ...
 
     def close(self) -> None: ...
+
+
+class LinkStream(Protocol):
+    """An envelope being sent while it is written (`LinkSender.open_stream`, where offered)."""
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Send the next bytes; raises `LinkBroken` if the link went down or stop was set."""
+        ...
+
+    def finish(self) -> bool:
+        """All `length` bytes written: end the transfer; False if it could not be ended."""
+        ...
+
+
+class LinkBroken(Exception):
+    """A streamed envelope could not go on: the connection went down, or the agent stops."""
+
+
+class StreamSink(Protocol):
+    """Where a receiving transport puts an envelope's bytes as they come (`stream_to`): the
+    agent decrypts them on the fly instead of having them stored first. Completion comes as an
+    `Arrival` with `streamed` set, in the same poll as the last bytes.
+
+    A sink whose `verifies_envelope` is true checks the envelope end to end as it comes (tags,
+    signature, length): the transport may then skip its own digest of the bytes, and the
+    Arrival's `sha256` is the digest the sender claimed for them."""
+
+    verifies_envelope: bool
+
+    def write(self, data: bytes) -> None: ...
+
+    def abort(self, reason: str) -> None:
+        """The transfer broke off: nothing of it is to be kept."""
+        ...
 
 
 class LinkReceiver(Protocol):

@@ -16,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import io
 import logging
+import os
 import shutil
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -31,7 +33,7 @@ from zmq.utils.monitor import recv_monitor_message
 from ..zones.config import Flow
 from .durable import Barrier, open_exclusive
 from .keys import load_curve_public, load_curve_secret
-from .link import ENVELOPE_FILE, Arrival, LinkNote, register_transport
+from .link import ENVELOPE_FILE, Arrival, LinkBroken, LinkNote, StreamSink, register_transport
 from .linkframe import (
     MAX_PAYLOAD,
     Abort,
@@ -195,6 +197,21 @@ class ZmqLinkSender:
                 offset += len(chunk)
         return self._send(end_frame(transfer, h.digest()), stop)
 
+    def open_stream(
+        self,
+        transfer: str,
+        flow: str,
+        sender: str,
+        length: int,
+        resend: bool,
+        stop: threading.Event,
+    ) -> _Stream:
+        """Begin sending an envelope of `length` bytes that is still being written (sealed as
+        it goes): `write` its bytes in order, then `finish`. Raises `LinkBroken`."""
+        if not self._send(begin_frame(transfer, flow, sender, length, resend), stop):
+            raise LinkBroken("the link went down before the envelope began")
+        return _Stream(self, transfer, length, stop)
+
     def send_envelope_bytes(
         self,
         envelope: bytes,
@@ -219,6 +236,40 @@ class ZmqLinkSender:
         self.sock.disable_monitor()
         self.monitor.close(0)
         self.sock.close()
+
+
+class _Stream:
+    """The DATA frames of an envelope sent while it is sealed, then its END frame."""
+
+    def __init__(
+        self, link: ZmqLinkSender, transfer: str, length: int, stop: threading.Event
+    ) -> None:
+        self.link = link
+        self.transfer = transfer
+        self.length = length
+        self.stop = stop
+        self.offset = 0
+        self._hash = hashlib.sha256()
+
+    def write(self, data: bytes | memoryview) -> int:
+        view = memoryview(data)
+        if self.offset + len(view) > self.length:
+            raise ValueError("more bytes than the envelope's announced length")
+        for start in range(0, len(view), MAX_PAYLOAD):
+            # The frame must own what it sends: bytes are kept as they are (zero-copy), a view
+            # of a buffer the caller may reuse is copied.
+            fits = isinstance(data, bytes) and len(data) <= MAX_PAYLOAD
+            payload = data if fits else bytes(view[start : start + MAX_PAYLOAD])
+            self._hash.update(payload)
+            if not self.link._send(data_frame(self.transfer, self.offset, payload), self.stop):
+                raise LinkBroken("the link went down while the envelope was being sent")
+            self.offset += len(payload)
+        return len(view)
+
+    def finish(self) -> bool:
+        if self.offset != self.length:
+            raise ValueError(f"{self.offset} of {self.length} bytes written")
+        return self.link._send(end_frame(self.transfer, self._hash.digest()), self.stop)
 
 
 class ZmqLinkReceiver:
@@ -248,15 +299,15 @@ class ZmqLinkReceiver:
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_PAYLOAD + 4096)
         self.sock.bind(endpoint)
 
-    def recv(self, timeout_ms: int) -> list[bytes] | None:
+    def recv(self, timeout_ms: int) -> list[bytes | memoryview] | None:
         if not self.sock.poll(timeout_ms, zmq.POLLIN):
             return None
-        return self.sock.recv_multipart(copy=True)
+        return _parts(self.sock.recv_multipart(copy=False))
 
-    def recv_now(self) -> list[bytes] | None:
+    def recv_now(self) -> list[bytes | memoryview] | None:
         """The next message if one is already waiting, without blocking."""
         try:
-            return self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=True)
+            return _parts(self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False))
         except zmq.Again:
             return None
 
@@ -267,6 +318,15 @@ class ZmqLinkReceiver:
             self.ctx.term()
 
 
+#: parts at least this large are handed on as views of ZeroMQ's own buffer, not copied
+_ZERO_COPY = 64 * 1024
+
+
+def _parts(frames: list[zmq.Frame]) -> list[bytes | memoryview]:
+    """Small parts as bytes (tags, ids, JSON), a payload as a view of the received frame."""
+    return [f.buffer if len(f) >= _ZERO_COPY else f.bytes for f in frames]
+
+
 class ZmqEnvelopeReceiver:
     """Frames off the PULL socket, reassembled into envelope files in the agent's scratch dir."""
 
@@ -274,9 +334,12 @@ class ZmqEnvelopeReceiver:
         self.scratch = scratch
         self.link = ZmqLinkReceiver(flow.transport.endpoint, curve=CurveKeys.for_flow(flow))
         self.reasm = Reassembler(flow.name, flow.sender, max_length)
-        self._open: tuple[str, Path, BinaryIO, bool] | None = None  # id, dir, file, resend
+        self._open: tuple[str, Path, BinaryIO | StreamSink, bool] | None = None  # id, dir, to
         self._written = 0
+        self._transfers = 0
         self.barrier = Barrier()
+        #: the agent's offer to take an envelope's bytes as they come (None: to a file)
+        self.stream_to: Callable[[Begin], StreamSink | None] | None = None
 
     def poll(self, timeout_ms: int) -> list[Arrival | LinkNote]:
         """Wait up to `timeout_ms` for the link, then take everything already waiting (up to
@@ -305,17 +368,26 @@ class ZmqEnvelopeReceiver:
                 raise
         return out
 
-    def _discard(self) -> None:
+    def _work(self, transfer: str) -> Path:
+        """A scratch directory of its own for each transfer: one poll may bring two with the
+        same id (a re-send, a replay), each to be judged apart."""
+        self._transfers += 1
+        return self.scratch / f"{transfer}.{os.getpid()}.{self._transfers}"
+
+    def _discard(self, reason: str = "the transfer broke off") -> None:
         if self._open is not None:
-            _tid, work, f, _resend = self._open
-            f.close()
-            shutil.rmtree(work, ignore_errors=True)
+            _tid, work, to, _resend = self._open
             self._open = None
+            if isinstance(to, io.IOBase):
+                to.close()
+                shutil.rmtree(work, ignore_errors=True)
+            else:
+                to.abort(reason)
 
     def _apply(self, event: object) -> Arrival | LinkNote | None:
         if isinstance(event, Whole):
             self._discard()
-            work = self.scratch / event.transfer
+            work = self._work(event.transfer)
             return Arrival(
                 event.transfer,
                 work,
@@ -325,11 +397,18 @@ class ZmqEnvelopeReceiver:
                 payload=event.payload,
             )
         if isinstance(event, Begin):
-            self._discard()
-            work = self.scratch / event.transfer
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(mode=0o700)
-            self._open = (event.transfer, work, open_exclusive(work / ENVELOPE_FILE), event.resend)
+            self._discard("a new transfer began before this one ended")
+            work = self._work(event.transfer)
+            sink = self.stream_to(event) if self.stream_to is not None else None
+            if sink is not None:
+                self._open = (event.transfer, work, sink, event.resend)
+                if getattr(sink, "verifies_envelope", False):
+                    self.reasm.verified_end_to_end()
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+                work.mkdir(mode=0o700)
+                f = open_exclusive(work / ENVELOPE_FILE)
+                self._open = (event.transfer, work, f, event.resend)
             self._written = 0
             return None
         if isinstance(event, Data) and self._open is not None:
@@ -337,16 +416,18 @@ class ZmqEnvelopeReceiver:
             self._written += len(event.payload)
             return None
         if isinstance(event, Complete) and self._open is not None:
-            tid, work, f, resend = self._open
-            f.close()
+            tid, work, to, resend = self._open
+            self._open = None
+            if not isinstance(to, io.IOBase):
+                return Arrival(tid, work, resend, event.length, event.digest.hex(), sink=to)
+            to.close()
             self.barrier.file(work / ENVELOPE_FILE)
             self.barrier.dir(work)
             self.barrier.dir(self.scratch)
-            self._open = None
             return Arrival(tid, work, resend, event.length, event.digest.hex())
         if isinstance(event, Abort):
             written = self._written
-            self._discard()
+            self._discard(event.reason)
             return LinkNote(
                 "aborted", event.reason, transfer=event.transfer, received_bytes=written
             )
