@@ -1148,11 +1148,13 @@ class _Streamed:
             self.raw.flush()
             os.fsync(self.raw.fileno())
             self.raw.close()
-            if _sha256_of(self.work / ENVELOPE) != link_sha256:  # a rebuilt copy must be exact
+            if _sha256_of(self.work / ENVELOPE) != link_sha256:
+                # What came is kept exactly (rebuilt where it decrypted); a difference from the
+                # digest the sender gave says the bytes were damaged on the way.
                 self.refused = Refused(
                     self.refused.code,
-                    f"{self.refused.reason} (the copy kept was rebuilt from its plaintext and "
-                    "differs from what came)",
+                    f"{self.refused.reason} (the copy kept differs from the digest the sender "
+                    "gave for it: damaged on the link?)",
                     self.refused.event,
                 )
             return None
