@@ -6,6 +6,13 @@ append costs the same on a log of ten lines or ten million), checks it, writes o
 and unlocks. The record is on disk before ``append`` returns: a caller that writes the audit
 record *before* changing state can never show a state change that the log does not.
 
+``append_many`` is the group commit: the records of a whole batch of messages are chained,
+written with one ``write`` and made durable with one ``fsync``, under one lock. It is all or
+nothing for the caller: either every record of the batch is on disk when it returns, or it raises
+and the caller changes no state for any of them (a torn tail is cut back, as for one record). So
+"the audit record first" still holds for every message of a batch: the agents append a batch's
+records, and only then move any of its messages.
+
 Any failure raises ``AuditWriteError`` and nothing is retried or repaired here: the caller stops
 the transfer (fail closed). A damaged tail (a torn last line, a last record that does not hash)
 is left exactly as found for ``zonegate audit verify`` and an operator to look at.
@@ -18,7 +25,8 @@ import fcntl
 import json
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
 from typing import Any
 
@@ -47,6 +55,18 @@ _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
 
 class AuditWriteError(Exception):
     """The audit record could not be made durable; the caller must stop what it was doing."""
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One record to append, before the log gives it its place (seq, time, prev, hash)."""
+
+    event: str
+    message: Mapping[str, str | int] | None = None
+    outcome: str = "ok"
+    reason: str | None = None
+    who: Mapping[str, str] | None = None
+    extra: Mapping[str, str | int | bool] = field(default_factory=dict)
 
 
 class AuditLog:
@@ -119,7 +139,39 @@ class AuditLog:
         conditions to handle. ``AuditWriteError`` for anything that stops the record reaching
         the disk.
         """
-        fields = self._build(event, message=message, outcome=outcome, reason=reason, who=who)
+        entry = AuditEntry(event, message, outcome, reason, who, extra)
+        return self.append_many([entry])[0]
+
+    def append_many(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+        """Append a batch of records with one write and one fsync; return them once on disk.
+
+        Every entry is validated before any I/O, so one malformed entry (``ValueError``) refuses
+        the whole batch and writes nothing. The records get consecutive seqs and one shared
+        time (they became durable at the same instant). ``AuditWriteError`` as for ``append``:
+        then none of them is in the log.
+        """
+        if not entries:
+            return []
+        batch = [self._validated(e) for e in entries]
+        with self._lock:
+            if self._closed:
+                raise AuditWriteError(f"audit log {self.path} is closed")
+            try:
+                return self._append_locked(batch)
+            except AuditWriteError:
+                raise
+            except (OSError, ValueError) as exc:
+                raise AuditWriteError(f"cannot write audit log {self.path}: {exc}") from exc
+
+    def _validated(self, entry: AuditEntry) -> dict[str, Any]:
+        fields = self._build(
+            entry.event,
+            message=entry.message,
+            outcome=entry.outcome,
+            reason=entry.reason,
+            who=entry.who,
+        )
+        extra = entry.extra
         for name in extra:
             if problem := check_extra_name(name):
                 raise ValueError(problem)
@@ -129,22 +181,17 @@ class AuditLog:
             fields["extra"] = dict(extra)
         # Validate everything except the chain now, before any I/O, with placeholder chain
         # values: a bad call must fail the same way whatever state the file is in.
-        probe = {**fields, "seq": 1, "time": now(), "prev": GENESIS_HASH}
+        probe = {**fields, "seq": 1, "time": _PROBE_TIME, "prev": GENESIS_HASH}
         if problem := check_fields(probe, require_hash=False):
             raise ValueError(problem)
-        # Size check with placeholders of the final width (seq can only grow by a few digits).
-        if len(canonical_bytes(probe)) + 100 > MAX_RECORD_BYTES:
+        # Size check with placeholders of the final width (seq can only grow by a few digits);
+        # encoded only when a cheap bound cannot already rule out a record that long.
+        if (
+            _size_bound(probe) + 100 > MAX_RECORD_BYTES
+            and len(canonical_bytes(probe)) + 100 > MAX_RECORD_BYTES
+        ):
             raise ValueError(f"record longer than {MAX_RECORD_BYTES} bytes")
-
-        with self._lock:
-            if self._closed:
-                raise AuditWriteError(f"audit log {self.path} is closed")
-            try:
-                return self._append_locked(fields)
-            except AuditWriteError:
-                raise
-            except (OSError, ValueError) as exc:
-                raise AuditWriteError(f"cannot write audit log {self.path}: {exc}") from exc
+        return fields
 
     def _build(
         self,
@@ -171,7 +218,7 @@ class AuditLog:
             "who": dict(who) if who else None,
         }
 
-    def _append_locked(self, fields: dict[str, Any]) -> AuditRecord:
+    def _append_locked(self, batch: list[dict[str, Any]]) -> list[AuditRecord]:
         fd = self._open_current()
         try:
             try:
@@ -182,20 +229,27 @@ class AuditLog:
                         f"wrote seq {self._last_written}: it was truncated or replaced; "
                         "run `zonegate audit verify`"
                     )
-                record = {**fields, "seq": last_seq + 1, "time": now(), "prev": last_hash}
-                record["hash"] = record_hash(record)
-                line = canonical_bytes(record) + b"\n"
-                if self._should_rotate(fd, len(line), record["time"]):
-                    self._rotate(fd, line)
+                stamp = now()
+                records = []
+                lines = []
+                for fields in batch:
+                    last_seq += 1
+                    record = {**fields, "seq": last_seq, "time": stamp, "prev": last_hash}
+                    record["hash"] = last_hash = record_hash(record)
+                    records.append(record)
+                    lines.append(canonical_bytes(record) + b"\n")
+                data = b"".join(lines)
+                if self._should_rotate(fd, len(data), stamp):
+                    self._rotate(fd, data)
                 else:
-                    _append_or_roll_back(fd, line)
-                self._last_written = record["seq"]
-                write_head(self.path, record["seq"], record["hash"])
+                    _append_or_roll_back(fd, data)
+                self._last_written = last_seq
+                write_head(self.path, last_seq, last_hash)
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
-        return _to_record(record)
+        return [_to_record(r) for r in records]
 
     def _open_current(self) -> int:
         """Open and lock the file now at ``path``.
@@ -235,9 +289,10 @@ class AuditLog:
         return False
 
     def _rotate(self, fd: int, line: bytes) -> None:
-        """Start a new file with ``line``, keeping the old one as a segment, atomically.
+        """Start a new file with ``line`` (one or more records), keeping the old one as a
+        segment, atomically.
 
-        The new file is complete (its first record written and fsynced) before it replaces the
+        The new file is complete (its first records written and fsynced) before it replaces the
         old one, and the old one gets its segment name by a hard link first, so at every
         instant the path names a valid log and no record is ever outside a named file. A crash
         between the link and the replace leaves the segment and the current file as one inode,
@@ -336,6 +391,27 @@ class AuditLog:
         if canonical_bytes(obj) != last or not hashes_equal(record_hash(obj), obj["hash"]):
             raise AuditWriteError(_damaged(self.path, "the last record does not hash"))
         return obj["seq"], obj["hash"]
+
+
+#: A valid record time of the final width, for validating a record before it has one.
+_PROBE_TIME = "2000-01-01T00:00:00.000000Z"
+
+
+def _size_bound(record: Mapping[str, Any]) -> int:
+    """An upper bound of a (validated) record's canonical JSON length, cheaper than encoding
+    it: a character never takes more than 6 bytes (``\\u001f``), a key and its punctuation
+    at most 6 more; ``message``, ``who`` and ``extra`` hold scalars only."""
+    total = 64
+    for key, value in record.items():
+        total += 6 * len(key) + 6
+        if isinstance(value, str):
+            total += 6 * len(value)
+        elif isinstance(value, Mapping):
+            for k, v in value.items():
+                total += 6 * len(k) + 6 + (6 * len(v) if isinstance(v, str) else len(str(v)))
+        else:
+            total += len(str(value))
+    return total
 
 
 def segment_path(path: str | os.PathLike[str], first_seq: int) -> str:
@@ -466,7 +542,7 @@ def write_head(path: str | os.PathLike[str], seq: int, digest: str) -> None:
 
 
 def _append_or_roll_back(fd: int, line: bytes) -> None:
-    """Append and fsync one line; on failure cut the file back so no partial record remains.
+    """Append and fsync whole lines; on failure cut the file back so no partial record remains.
 
     A full disk can accept half a line: left there, it would make every later append (and
     verify) fail on a torn record that was never acknowledged. Cutting it off restores the log

@@ -2,7 +2,8 @@
 
 Audit comes first: `record()` writes the audit record before the caller changes any spool
 state, and if the audit log cannot be written the agent stops (fail closed) rather than move
-a message that the record would not show.
+a message that the record would not show. `record_many()` does the same for the records of a
+whole batch of messages with one write and one fsync (the group commit of the audit log).
 """
 
 from __future__ import annotations
@@ -13,22 +14,34 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ..audit.checkpoint import Checkpointer
-from ..audit.log import AuditLog, AuditWriteError
+from ..audit.log import AuditEntry, AuditLog, AuditWriteError
 from ..audit.syslog import SyslogSender
 from ..transfer.durable import replace_durably
 from ..transfer.spool import MessageMeta, Spool
 from ..zones.config import Address, GatewayConfig
 
-__all__ = ["AgentContext", "FailClosed", "utc_now"]
+__all__ = ["AgentContext", "AuditEntry", "FailClosed", "crash_point", "utc_now"]
 
 log = logging.getLogger("zonegate")
+
+#: Fault injection for the crash tests: `ZONEGATE_CRASH_AT=<point>` makes the agent kill itself
+#: with SIGKILL the first time it passes that named point (tests/test_batch_recovery.py). Unset
+#: in any real deployment; read once, so a point costs one comparison.
+_CRASH_AT = os.environ.get("ZONEGATE_CRASH_AT")
+
+
+def crash_point(name: str) -> None:
+    """A place where a kill -9 must lose nothing: the crash tests stop the agent exactly here."""
+    if _CRASH_AT is not None and name == _CRASH_AT:
+        log.warning("ZONEGATE_CRASH_AT=%s: killing this agent now", name)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class FailClosed(Exception):
@@ -108,11 +121,34 @@ class AgentContext:
         who: Mapping[str, str] | None = None,
         **extra: Any,
     ) -> None:
+        self.record_many(
+            [self.entry(event, meta, outcome=outcome, reason=reason, who=who, **extra)]
+        )
+
+    @staticmethod
+    def entry(
+        event: str,
+        meta: MessageMeta | Mapping[str, Any] | None = None,
+        *,
+        outcome: str = "ok",
+        reason: str | None = None,
+        who: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> AuditEntry:
+        """One audit record of a batch, to be written by `record_many`."""
         message = message_fields(meta) if isinstance(meta, MessageMeta) else meta
+        return AuditEntry(event, message, outcome, reason, who, extra)
+
+    def record_many(self, entries: Sequence[AuditEntry]) -> None:
+        """Write a batch's records durably, one write and one fsync; fail closed if it cannot.
+
+        Either all of them are on disk when this returns, or none is and `FailClosed` is raised:
+        the caller moves none of the batch's messages.
+        """
+        if not entries:
+            return
         try:
-            self.audit.append(
-                event, message=message, outcome=outcome, reason=reason, who=who, **extra
-            )
+            self.audit.append_many(entries)
         except AuditWriteError as e:
             self.metrics.audit_failures.inc()
             self.metrics.audit_write_failed.set(1)
@@ -120,7 +156,7 @@ class AgentContext:
             self.stop.set()
             log.critical("audit log cannot be written, stopping transfers: %s", e)
             raise FailClosed(str(e)) from e
-        self.metrics.audit_records.inc()
+        self.metrics.audit_records.inc(len(entries))
 
     def checkpoint(self) -> bool:
         """Sign and write a checkpoint of the log now; on failure fail closed like ``record``.

@@ -1,13 +1,37 @@
 """The receiver agent: takes envelopes off the link, verifies, decrypts and delivers them.
 
-Two stages, each its own thread so a slow disk write never stalls the socket:
-- link: frames -> `tmp/link/<id>/envelope` -> `received/<id>/` once the END frame's digest
-  matches (durable before anything else happens to it);
-- deliver: `received/` -> checks (flow, recipient, sender, replay, sequence) -> open the envelope
-  -> the destination side's own policy -> atomic delivery into `inbox/<flow>/new/`, then a
-  `delivered/<id>` marker that makes delivery idempotent by message id.
+Two stages, each its own thread so a slow disk write never stalls the socket: the link stage
+takes what the link brings, the deliver stage checks (flow, recipient, sender, replay,
+sequence), opens, applies this side's own policy and delivers atomically into
+`inbox/<flow>/new/`, with a `delivered/<id>` marker that makes delivery idempotent by message id.
+It writes nothing to the link. Anything refused is kept in `quarantine/`, as it came, with its
+reason. An envelope takes one of three ways in:
 
-It writes nothing to the link. Anything refused is kept in `quarantine/` with its reason.
+- stored first (any transport; relayed flows): `tmp/link/<id>/envelope` -> `received/<id>/`
+  once the END frame's digest matches, durable before anything else happens to it; the deliver
+  stage opens it from there;
+- in memory (zmq, at most 1 MiB, one WHOLE frame): handed to the deliver stage, never stored;
+- streamed (zmq, larger): decrypted as it comes into `inbox/<flow>/tmp/<id>.part` (`_Streamed`,
+  transfer/envelope_stream.py), the envelope itself never stored: one durable write (the
+  plaintext) instead of three (envelope, then plaintext after reading it twice).
+
+Why the last two lose nothing: until its marker in `received/` is durable a message is neither
+visible nor acknowledged anywhere; if the receiver dies before, the link drops with it and the
+sender re-sends its resend window on reconnect (gateways/sender.py). That window holds the
+newest messages, so the receiver must never let an older message wait undurable while newer
+ones pile up: the link stage stops taking (and the socket, then the sender, waits) when
+MEMORY_BACKLOG bytes of memory arrivals are not yet durable, and takes no new streamed envelope
+before every earlier one is durable; what can then be lost, that plus what sits in the link
+(`zmqlink.in_flight_bound()`), is less than the default window (64 MiB).
+
+Both stages work in batches (group commit) of whatever is waiting now, never waiting for more:
+the link stage takes every envelope the link has delivered in one poll, the deliver stage up to
+`BATCH_MESSAGES` (or `BATCH_BYTES`). Each step of the one-message path is done for the whole
+batch with one audit write and one durability barrier (`_deliver_opened`): the plaintexts
+durable; the records and each message's marker naming the file it becomes; barrier; the links
+into the inbox; barrier; the moves to `delivered/`; barrier. Every state change is still preceded
+by its durable audit record, and a file appears in `new/` only once its marker is durable, so a
+crash anywhere finishes the delivery once (`_finish_delivery`) and never makes a second copy.
 
 Approvals are checked against this gateway's own people: an envelope of a flow that needs them is
 refused when one does not verify, when there are too few, or when one is from someone who is not a
@@ -19,13 +43,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import hmac
+import io
 import logging
 import os
+import queue
 import shutil
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO
@@ -36,28 +65,44 @@ from ..transfer import envelope as env
 from ..transfer import hops as hop_records
 from ..transfer.approvals import ApprovalRefused, Directory, Subject, Verified, check_approvals
 from ..transfer.durable import (
+    Barrier,
     durable_rename,
     fsync_dir,
     open_exclusive,
     replace_durably,
-    write_durably,
+    replace_file,
+    start_writeback,
+    write_new,
 )
+from ..transfer.envelope_stream import StreamOpener, reencrypt_chunks
 from ..transfer.ids import new_message_id
 from ..transfer.keys import load_encryption_private, load_signing_private, load_signing_public
-from ..transfer.link import Arrival, LinkNote, open_receiver
+from ..transfer.link import Arrival, LinkNote, StreamSink, materialize, open_receiver
+from ..transfer.linkframe import Begin
 from ..transfer.names import safe_name
 from ..transfer.publication import companion_paths, make_manifest, sign_manifest
 from ..transfer.spool import ENVELOPE, META, MessageMeta
 from ..transfer.udp_recv import kernel_rcvbuf_errors
 from ..zones.config import Flow
-from .agent import AgentContext, FailClosed, utc_now
+from .agent import AgentContext, AuditEntry, FailClosed, crash_point, utc_now
 
-__all__ = ["ReceiverAgent", "inbox_dirs"]
+__all__ = ["BATCH_BYTES", "BATCH_MESSAGES", "ReceiverAgent", "inbox_dirs"]
 
 log = logging.getLogger("zonegate.receiver")
 ENVELOPE_OVERHEAD = 1024 * 1024  # header, wrapped key, per-chunk tags, signature: generous
+#: The most messages, and envelope bytes, one delivery batch takes (at least one message).
+BATCH_MESSAGES = 256
+BATCH_BYTES = 16 * 1024 * 1024
+#: How long an idle deliver stage waits before it looks into received/ again.
+POLL_INTERVAL = 0.02
+#: Envelopes that came in memory and are not durable yet, at most: the link stage waits (and
+#: the socket fills, and the sender slows) when it is this far ahead of the deliver stage. What
+#: a receiver may lose in a crash is this plus what sits in the link (zmqlink.in_flight_bound),
+#: and the sender's resend window (64 MiB by default) must cover both.
+MEMORY_BACKLOG = 8 * 1024 * 1024
 
 
+@functools.lru_cache(maxsize=64)
 def inbox_dirs(root: Path, flow: str) -> tuple[Path, Path]:
     """The (tmp, new) pair of a flow's Maildir-style inbox."""
     return root / flow / "tmp", root / flow / "new"
@@ -89,6 +134,12 @@ class ReceiverAgent:
         #: hop summaries of verified relayed messages, until delivery writes them into meta
         self._hops: dict[str, str] = {}
         self.lock = threading.Lock()  # serialises moves into received/ against dedup checks
+        #: envelopes that arrived in memory, from the link stage to the deliver stage
+        self._queue: queue.Queue[_Handed] = queue.Queue()
+        self._backlog = 0  # bytes of those not durable yet (under _backlog_cv)
+        self._backlog_cv = threading.Condition()
+        #: ids queued or being delivered from memory (under `lock`): held, for the dedup check
+        self._in_flight: set[str] = set()
         self.directory = Directory.from_config(cfg)
         self.publication_key = (
             load_signing_private(cfg.signing_key)
@@ -119,19 +170,33 @@ class ReceiverAgent:
         # A relayed flow arrives from its last relay: the link is the one-hop flow into us.
         hop = flow.link_into(self.ctx.config.name)
         link = open_receiver(hop, scratch, flow.policy.max_size + ENVELOPE_OVERHEAD)
+        if not flow.via and hasattr(link, "stream_to"):
+            # Large envelopes are opened as they come instead of stored first (_Streamed).
+            link.stream_to = partial(self._stream_to, flow)
         self.ctx.metrics.link_up.labels(flow.name).set(1)
+        barrier = Barrier()
         try:
             while not self.ctx.stop.is_set():
                 if flow.transport.kind == "udp":
                     self.ctx.metrics.rcvbuf_errors.set(kernel_rcvbuf_errors())
+                arrivals: list[Arrival] = []
                 for item in link.poll(200):
                     if isinstance(item, Arrival):
                         self.ctx.metrics.bytes.labels(flow.name, "link").inc(item.size)
-                        self._accept_from_link(flow, item)
+                        if item.streamed:
+                            if arrivals:  # in order: what came before it first
+                                self._accept_from_link(flow, arrivals, barrier)
+                                arrivals = []
+                            self._streamed_complete(flow, item)
+                        else:
+                            arrivals.append(item)
                     else:
                         self._on_note(flow, item)
+                if arrivals:
+                    self._accept_from_link(flow, arrivals, barrier)
         finally:
             link.close()
+            barrier.close()
 
     def _on_note(self, flow: Flow, note: LinkNote) -> None:
         if note.kind == "heartbeat":
@@ -161,56 +226,228 @@ class ReceiverAgent:
         self.ctx.metrics.rejections.labels(flow.name, "link", reason).inc()
         log.warning("flow %s: %s: %s", flow.name, note.kind, note.reason)
 
-    def _accept_from_link(self, flow: Flow, arrival: Arrival) -> None:
+    def _accept_from_link(self, flow: Flow, arrivals: list[Arrival], barrier: Barrier) -> None:
+        """Take a poll's envelopes: into received/, each after its durable record, or (those
+        that came in memory) straight to the deliver stage.
+
+        A re-send of a message held here is dropped as a duplicate; any other envelope with an
+        id we hold (or one seen earlier in the same batch) is a replay, kept in quarantine/.
+        """
         spool = self.ctx.spool
-        msg_id, work, resend = arrival.transfer, arrival.directory, arrival.resend
-        meta = MessageMeta(id=msg_id, flow=flow.name, system=flow.sender, original_name="")
-        meta = meta.replace(
-            resent=int(resend), created=utc_now(), extra={"link_sha256": arrival.sha256}
-        )
+        records: list[AuditEntry] = []
+        keep: list[tuple[Path, MessageMeta, Path]] = []  # work dir, meta, target
+        drop: list[Arrival] = []
+        refused: list[tuple[MessageMeta, str]] = []
+        direct: list[Arrival] = []
+        with self.lock:
+            seen: set[str] = set()
+            for arrival in arrivals:
+                msg_id, resend = arrival.transfer, arrival.resend
+                meta = _link_meta(flow, arrival)
+                known = (
+                    msg_id in seen
+                    or msg_id in self._in_flight
+                    or spool.entry("delivered", msg_id).exists()
+                    or spool.entry("received", msg_id).exists()
+                )
+                seen.add(msg_id)
+                if known and resend:
+                    # The sender could not know this arrived: drop the copy, say so.
+                    records.append(
+                        self.ctx.entry(
+                            "duplicate", meta, outcome="info", reason="re-send of a held message"
+                        )
+                    )
+                    drop.append(arrival)
+                    continue
+                if not known and arrival.payload is not None:
+                    # Delivered from memory by the deliver stage: its records come with it.
+                    self._in_flight.add(msg_id)
+                    direct.append(arrival)
+                    continue
+                work = materialize(arrival).directory  # a replay is kept as it came
+                if known:
+                    qid = new_message_id()
+                    reason = "message id was already received or delivered"
+                    meta = _refused_meta(meta, "replay", reason)
+                    records.append(
+                        self.ctx.entry(
+                            "replay",
+                            meta,
+                            outcome="refused",
+                            reason=f"replay: {reason}",
+                            quarantine=qid,
+                        )
+                    )
+                    keep.append((work, meta, spool.entry("quarantine", qid)))
+                    refused.append((meta, qid))
+                else:
+                    records.append(self.ctx.entry("received-on-link", meta))
+                    keep.append((work, meta, spool.entry("received", msg_id)))
+                write_new(work / META, meta.to_json(), barrier)
+            self.ctx.record_many(records)
+            if drop:  # counted with their records (a duplicate changes no state)
+                self.ctx.metrics.messages.labels(flow.name, "receive", "duplicate").inc(len(drop))
+            barrier.commit()  # metadata and records before any envelope enters a state
+            crash_point("receiver-recorded")
+            for work, _meta, target in keep:
+                os.rename(work, target)
+                barrier.dir(target.parent)
+            if keep:
+                barrier.dir(spool.dir("tmp/link"))
+            barrier.commit()
+        for arrival in drop:
+            if arrival.payload is None:
+                shutil.rmtree(arrival.directory, ignore_errors=True)
+        for meta, qid in refused:
+            self._count_refusal(meta, "replay", qid)
+        accepted = len(keep) - len(refused) + len(direct)
+        if accepted:
+            self.ctx.metrics.messages.labels(flow.name, "receive", "received").inc(accepted)
+        for arrival in direct:
+            with self._backlog_cv:  # a full backlog holds the link back, and with it the sender
+                while self._backlog and self._backlog + arrival.size > MEMORY_BACKLOG:
+                    if self.ctx.stop.is_set():
+                        return  # not durable anywhere: the sender re-sends it on reconnect
+                    self._backlog_cv.wait(0.2)
+                self._backlog += arrival.size
+            self._queue.put((flow, arrival))
+
+    # -- large envelopes, opened as they come ---------------------------------------------
+    def _stream_to(self, flow: Flow, begin: Begin) -> StreamSink:
+        """The link offers a transfer's bytes as they come (zmq, a flow not relayed).
+
+        A re-send of a message held here is dropped as it comes; a replay is kept as it came,
+        for quarantine; anything else is decrypted on the fly into the inbox's tmp/ (_Streamed).
+        Before a new one is taken, every envelope that came before it must be durable: a crash
+        during a long transfer then loses only what the sender re-sends on reconnect (this one
+        and what follows it), never something earlier it no longer holds in its window.
+        """
+        msg_id = begin.transfer
         with self.lock:
             known = (
-                spool.entry("delivered", msg_id).exists()
-                or spool.entry("received", msg_id).exists()
+                msg_id in self._in_flight
+                or self.ctx.spool.entry("delivered", msg_id).exists()
+                or self.ctx.spool.entry("received", msg_id).exists()
             )
-            if known and resend:
-                # The sender could not know this arrived: drop the copy, say so.
-                self.ctx.record(
-                    "duplicate", meta, outcome="info", reason="re-send of a held message"
-                )
-                self.ctx.metrics.messages.labels(flow.name, "receive", "duplicate").inc()
-                shutil.rmtree(work, ignore_errors=True)
-                return
-            write_durably(work / META, meta.to_json())
-            if known:
-                self._quarantine_dir(
-                    work, meta, "replay", "message id was already received or delivered", "replay"
-                )
-                return
-            self.ctx.record("received-on-link", meta)
-            durable_rename(work, spool.entry("received", msg_id))
+            mode = "drop" if known and begin.resend else "raw" if known else "open"
+            if mode == "open":
+                self._in_flight.add(msg_id)
+        if mode == "open":
+            with self._backlog_cv:
+                while self._backlog and not self.ctx.stop.is_set():
+                    self._backlog_cv.wait(0.2)
+        return _Streamed(self, flow, msg_id, begin.length, begin.resend, mode)
+
+    def _streamed_complete(self, flow: Flow, arrival: Arrival) -> None:
+        """The last bytes of a streamed envelope came: hand it on, or keep it as refused."""
+        sink = arrival.sink
+        assert isinstance(sink, _Streamed)
+        link_meta = _link_meta(flow, arrival)
+        if sink.mode == "drop":
+            entry = self.ctx.entry(
+                "duplicate", link_meta, outcome="info", reason="re-send of a held message"
+            )
+            self.ctx.record_many([entry])
+            self.ctx.metrics.messages.labels(flow.name, "receive", "duplicate").inc()
+            return
+        opened = sink.complete(link_meta, arrival.sha256)
+        if opened is None:  # refused: the envelope as it came is in sink.work
+            assert sink.refused is not None
+            r = sink.refused
+            event = "replay" if sink.replay else r.event
+            with self.lock:
+                if event != "replay":
+                    self.ctx.record("received-on-link", link_meta)
+                self._quarantine_dir(sink.work, link_meta, r.code, r.reason, event)
+                if sink.owns_id:
+                    self._in_flight.discard(arrival.transfer)
+            return
         self.ctx.metrics.messages.labels(flow.name, "receive", "received").inc()
+        with self._backlog_cv:
+            self._backlog += arrival.size
+        self._queue.put((flow, opened))
 
     # -- deliver stage ------------------------------------------------------------------
     def deliver_loop(self) -> None:
-        while not self.ctx.stop.is_set():
-            ids = self.ctx.spool.ids("received")
-            for msg_id in ids:
-                if self.ctx.stop.is_set():
-                    return
-                self._deliver_guarded(msg_id)
-            if not ids:
-                self.ctx.sleep(0.05)
-
-    def _deliver_guarded(self, msg_id: str) -> None:
-        """A message that breaks delivery goes to corrupt/; the ones behind it go on."""
+        barrier = Barrier()
         try:
-            self.deliver(msg_id)
+            while not self.ctx.stop.is_set():
+                items = self._from_memory(POLL_INTERVAL)
+                if items:
+                    self._deliver_memory_guarded(items, barrier)
+                ids = self.ctx.spool.ids("received")
+                while ids and not self.ctx.stop.is_set():
+                    batch, ids = self._take(ids)
+                    self._deliver_batch_guarded(batch, barrier)
+        finally:
+            barrier.close()
+
+    def _from_memory(self, timeout: float) -> list[_Handed]:
+        """What the link stage handed over: wait up to `timeout` for the first, then take
+        everything already there (up to a batch)."""
+        try:
+            items = [self._queue.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        size = _handed_size(items[0])
+        while len(items) < BATCH_MESSAGES and size < BATCH_BYTES:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+            size += _handed_size(items[-1])
+        return items
+
+    def _take(self, ids: list[str]) -> tuple[list[str], list[str]]:
+        """The next batch: at most BATCH_MESSAGES, and BATCH_BYTES after the first message."""
+        total = 0
+        for i, msg_id in enumerate(ids[:BATCH_MESSAGES]):
+            with contextlib.suppress(OSError):
+                total += (self.ctx.spool.entry("received", msg_id) / ENVELOPE).stat().st_size
+            if total > BATCH_BYTES and i > 0:
+                return ids[:i], ids[i:]
+        return ids[:BATCH_MESSAGES], ids[BATCH_MESSAGES:]
+
+    def _deliver_batch_guarded(self, ids: list[str], barrier: Barrier) -> None:
+        """A batch that fails as a whole is delivered message by message, so the one message
+        that breaks it goes to corrupt/ and the others go on (`_deliver_guarded`)."""
+        if len(ids) == 1:
+            self._deliver_guarded(ids[0], barrier)
+            return
+        try:
+            self.deliver_batch(ids, barrier)
             self.ctx.metrics.disk_full.set(0)
             return
         except FailClosed:
             raise
         except OSError as e:
+            barrier.discard()
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                log.error("disk full while delivering; waiting for space: %s", e)
+                self.ctx.metrics.disk_full.set(1)
+                self.ctx.sleep(1.0)
+                return
+            log.exception("a delivery batch of %d failed; taking them one by one", len(ids))
+        except Exception:
+            barrier.discard()
+            log.exception("a delivery batch of %d failed; taking them one by one", len(ids))
+        for msg_id in ids:
+            if self.ctx.stop.is_set():
+                return
+            if self.ctx.spool.entry("received", msg_id).exists():
+                self._deliver_guarded(msg_id, barrier)
+
+    def _deliver_guarded(self, msg_id: str, barrier: Barrier) -> None:
+        """A message that breaks delivery goes to corrupt/; the ones behind it go on."""
+        try:
+            self.deliver_batch([msg_id], barrier)
+            self.ctx.metrics.disk_full.set(0)
+            return
+        except FailClosed:
+            raise
+        except OSError as e:
+            barrier.discard()
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 log.error("disk full while delivering %s; waiting for space: %s", msg_id, e)
                 self.ctx.metrics.disk_full.set(1)
@@ -218,6 +455,7 @@ class ReceiverAgent:
                 return
             reason = f"{type(e).__name__}: {e}"
         except Exception as e:
+            barrier.discard()
             reason = f"{type(e).__name__}: {e}"
         log.exception("cannot deliver received/%s; moving it to corrupt/", msg_id)
         if self.ctx.spool.entry("received", msg_id).exists():
@@ -226,25 +464,269 @@ class ReceiverAgent:
                 meta = self.ctx.spool.read_meta("received", msg_id)
             self._corrupt_received(msg_id, meta, f"internal error: {reason}")
 
-    def deliver(self, msg_id: str) -> None:
+    def deliver_batch(self, ids: list[str], barrier: Barrier) -> None:
+        """Verify, open and deliver a batch of received/ messages (see `_deliver_opened`)."""
+        opened: list[_Opened] = []
+        for msg_id in ids:
+            if self.ctx.stop.is_set():
+                break
+            o = self._open_one(msg_id, barrier)
+            if o is not None:
+                opened.append(o)
+        self._deliver_opened(opened, barrier)
+        for o in opened:
+            with contextlib.suppress(FileNotFoundError):
+                (self.ctx.spool.entry("delivered", o.meta.id) / ENVELOPE).unlink()
+
+    def _deliver_opened(
+        self, opened: list[_Opened], barrier: Barrier, progress: _Progress | None = None
+    ) -> None:
+        """Deliver decrypted messages, in the order that makes a crash anywhere finish once:
+
+        1. barrier: every plaintext (`inbox/<flow>/tmp/<id>.part`) is durable and complete;
+        2. the `verified`/`delivered` records (and `received-on-link` for those that came in
+           memory), the sequence counter, and each message's marker in received/ naming the
+           file it becomes (`delivering_to`, `delivered_as`); barrier;
+        3. the links into `inbox/<flow>/new/`, each plaintext's tmp name removed; barrier;
+        4. the moves to `delivered/`; barrier.
+
+        After 2 a message is finished by `_finish_delivery` (a plaintext still in tmp/ is linked;
+        one gone from there was linked), so the file appears once in the inbox, never twice.
+        `progress` (memory batches) records which markers were made, and when they are durable.
+        """
+        if not opened:
+            return
+        spool = self.ctx.spool
+        barrier.commit()
+        records: list[AuditEntry] = []
+        highest: dict[str, int] = {}
+        taken: set[Path] = set()
+        for o in opened:
+            if progress is not None:  # came in memory: its link record comes with it
+                records.append(self.ctx.entry("received-on-link", o.link_meta))
+            records += o.records
+            records += self._sequence(o.flow, o.meta.seq, highest)
+            hops = o.meta.extra.get("hops")
+            extra = {"hops": hops} if hops else {}
+            records.append(self.ctx.entry("delivered", o.meta, path=o.want.name, **extra))
+            o.target = _free_name(o.want, o.meta.id, taken)
+            taken.add(o.target)
+            link_sha256 = o.link_meta.extra.get("link_sha256", "") if o.link_meta else ""
+            o.meta = o.meta.replace(
+                extra={
+                    **o.meta.extra,
+                    "link_sha256": link_sha256,
+                    "delivering_to": str(o.target),
+                    "delivered_as": str(o.target),
+                    "delivered_at": utc_now(),
+                }
+            )
+            if progress is None:
+                spool.write_meta("received", o.meta.id, o.meta, barrier)
+            else:
+                entry = spool.entry("received", o.meta.id)
+                entry.mkdir(mode=0o700)
+                progress.created.append(o.meta.id)
+                write_new(entry / META, o.meta.to_json(), barrier)
+        barrier.dir(spool.dir("received"))
+        for flow, seq in highest.items():
+            replace_file(self._seq_path(flow), str(seq).encode(), barrier)
+        self.ctx.record_many(records)
+        barrier.commit()
+        if progress is not None:
+            progress.committed = True
+        crash_point("receiver-opened")
+        self._link_into_inboxes(opened, barrier)
+        crash_point("receiver-marked")
+        with self.lock:
+            for o in opened:
+                spool.move(o.meta.id, "received", "delivered", barrier)
+            barrier.commit()
+        for o in opened:
+            self._count_delivered(o.meta)
+            self.ctx.metrics.observe_stage(o.flow.name, "deliver", o.started)
+
+    def _deliver_memory_guarded(self, items: list[_Handed], barrier: Barrier) -> None:
+        """Deliver envelopes that came in memory; should the batch fail as a whole, whatever of
+        it is not yet durable is stored in received/ and delivered from there, one by one."""
+        progress = _Progress()
+        try:
+            self.deliver_memory_batch(items, barrier, progress)
+            self.ctx.metrics.disk_full.set(0)
+        except FailClosed:
+            raise
+        except Exception as e:
+            barrier.discard()
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                log.error("disk full while delivering from memory; storing the batch: %s", e)
+                self.ctx.metrics.disk_full.set(1)
+            else:
+                log.exception("a delivery from memory failed; storing the batch in received/")
+            self._store_unfinished(items, progress, barrier)
+        finally:
+            with self.lock:
+                self._in_flight.difference_update(_handed_id(item) for item in items)
+            with self._backlog_cv:  # durable now (or stored): room for what comes next
+                self._backlog -= sum(_handed_size(item) for item in items)
+                self._backlog_cv.notify_all()
+
+    def _store_unfinished(
+        self, items: list[_Handed], progress: _Progress, barrier: Barrier
+    ) -> None:
+        """The file path for what a failed memory batch did not make durable (if this fails
+        too, the stage stops: the agent ends, and the sender re-sends on reconnect)."""
+        spool = self.ctx.spool
+        with self.lock:  # no longer in flight: stored now, or delivered already
+            self._in_flight.difference_update(_handed_id(item) for item in items)
+        if not progress.committed:
+            for msg_id in progress.created:  # begun, but not durable: start again from the file
+                shutil.rmtree(spool.entry("received", msg_id), ignore_errors=True)
+        by_flow: dict[str, list[Arrival]] = {}
+        for flow, handed in items:
+            msg_id = _handed_id((flow, handed))
+            if msg_id in progress.settled or any(
+                spool.entry(s, msg_id).exists() for s in ("received", "delivered")
+            ):
+                continue
+            if isinstance(handed, _Opened):  # streamed: its envelope is rebuilt from plaintext
+                assert handed.rebuild is not None
+                arrival = handed.rebuild()
+            else:
+                shutil.rmtree(handed.directory, ignore_errors=True)
+                arrival = materialize(handed)
+            by_flow.setdefault(flow.name, []).append(arrival)
+        for name, arrivals in by_flow.items():
+            self._accept_from_link(self.flows[name], arrivals, barrier)
+
+    def deliver_memory_batch(
+        self, items: list[_Handed], barrier: Barrier, progress: _Progress
+    ) -> None:
+        """Verify, open and deliver envelopes that came in memory: the envelope itself is never
+        written (a refused one is, as it came, into quarantine/).
+
+        The steps are those of `_deliver_opened`; its marker in `received/<id>/` is the first
+        thing of such a message that is stored. Until that marker is durable (step 2) nothing
+        of the batch is visible or acknowledged: a crash loses it on this side only, the link
+        drops with the process, and the sender re-sends its resend window on reconnect. Once
+        it is durable, the plaintext is too, and `_finish_delivery` completes the delivery.
+        """
+        opened: list[_Opened] = []
+        for flow, handed in items:
+            if isinstance(handed, _Opened):  # streamed, opened as it came
+                barrier.file(handed.part)
+                barrier.dir(handed.part.parent)
+                opened.append(handed)
+                continue
+            o = self._open_memory(flow, handed, barrier)
+            if o is None:
+                progress.settled.add(handed.transfer)  # refused: in quarantine/ now
+            else:
+                opened.append(o)
+        self._deliver_opened(opened, barrier, progress)
+
+    def _link_into_inboxes(self, opened: list[_Opened], barrier: Barrier) -> None:
+        """Each plaintext under the name its durable marker gives (rewritten, durably, in the
+        rare case another file took that name meanwhile); then its publication signature."""
+        spool = self.ctx.spool
+        for o in opened:
+            actual = _link_no_clobber(o.part, o.target, o.meta.id)
+            crash_point("receiver-linked")
+            o.part.unlink()
+            barrier.dir(actual.parent)
+            barrier.dir(o.part.parent)
+            if actual != o.target:
+                o.target = actual
+                o.meta = o.meta.replace(
+                    extra={
+                        **o.meta.extra,
+                        "delivering_to": str(actual),
+                        "delivered_as": str(actual),
+                    }
+                )
+                spool.write_meta("received", o.meta.id, o.meta, barrier)
+        barrier.commit()
+        for o in opened:
+            if o.flow.signed_delivery:
+                self._sign_publication(o.target, o.meta)
+
+    def _open_memory(self, flow: Flow, arrival: Arrival, barrier: Barrier) -> _Opened | None:
+        """Verify and decrypt an envelope held in memory; None if refused (then quarantined,
+        kept exactly as it came off the link)."""
+        started = time.monotonic()
+        assert arrival.payload is not None
+        link_meta = _link_meta(flow, arrival)
+        records: list[AuditEntry] = []
+        try:
+            src = io.BytesIO(arrival.payload)
+            header, part = self._verify_and_open_src(src, flow, link_meta, records, barrier)
+            try:
+                approvals = self._check_approvals(flow, header, records)
+            except Refused:
+                part.unlink()
+                raise
+        except Refused as r:
+            work = materialize(arrival).directory
+            with self.lock:
+                self.ctx.record("received-on-link", link_meta)
+                self._quarantine_dir(work, link_meta, r.code, r.reason, r.event)
+            return None
+        o = self._opened(flow, header, approvals, records, part, started, link_meta.resent)
+        o.link_meta = link_meta
+        return o
+
+    def _opened(
+        self,
+        flow: Flow,
+        header: env.Header,
+        approvals: tuple[Verified, ...],
+        records: list[AuditEntry],
+        part: Path,
+        started: float,
+        resent: int,
+    ) -> _Opened:
+        meta = _meta_from_header(header, resent=resent)
+        if header.message_id in self._hops:  # the delivered record lists every hop
+            meta = meta.replace(extra={"hops": self._hops.pop(header.message_id)})
+        if approvals:
+            meta = meta.replace(
+                extra={**meta.extra, "approvers": [_approver(v) for v in approvals]}
+            )
+        _tmp, new = inbox_dirs(self.ctx.config.inbox, flow.name)
+        want = new / safe_name(meta.original_name, fallback=header.message_id)
+        return _Opened(meta, flow, records, part, want, started)
+
+    def _open_one(self, msg_id: str, barrier: Barrier) -> _Opened | None:
+        """Verify and decrypt one message into its inbox's tmp/; None if it went elsewhere
+        (quarantine, corrupt, or a delivery interrupted by a crash, finished now)."""
         started = time.monotonic()
         spool = self.ctx.spool
         entry = spool.entry("received", msg_id)
         try:
             meta = spool.read_meta("received", msg_id)
         except Exception as e:
+            if not (entry / ENVELOPE).exists() and not (entry / META).exists():
+                # Begun by a delivery from memory that died before its barrier: never durable,
+                # never acknowledged; the sender re-sent it when the connection came back.
+                log.warning("removing received/%s: a delivery from memory never completed", msg_id)
+                shutil.rmtree(entry, ignore_errors=True)
+                return None
             meta = MessageMeta(id=msg_id, flow="unknown", system="", original_name="")
             self._corrupt_received(msg_id, meta, f"unreadable metadata: {e}")
-            return
+            return None
         if meta.extra.get("delivering_to") or meta.extra.get("delivered_as"):
             self._finish_delivery(msg_id, meta)  # a crash interrupted it: finish, never redo
-            return
+            return None
         flow = self.flows.get(meta.flow)
+        records: list[AuditEntry] = []
         try:
             if flow is None:
                 raise Refused("unknown-flow", f"flow {meta.flow!r} is not received here")
-            header = self._verify_and_open(entry, flow, meta)
-            approvals = self._check_approvals(flow, header)
+            header, part = self._verify_and_open(entry, flow, meta, records, barrier)
+            try:
+                approvals = self._check_approvals(flow, header, records)
+            except Refused:
+                part.unlink()
+                raise
         except Refused as r:
             if self._damaged_on_disk(entry, meta):
                 self._corrupt_received(
@@ -252,71 +734,86 @@ class ReceiverAgent:
                 )
             else:
                 self._quarantine_received(msg_id, meta, r.code, r.reason, r.event)
-            return
-        meta = _meta_from_header(header, resent=meta.resent)
-        if header.message_id in self._hops:  # the delivered record lists every hop
-            meta = meta.replace(extra={"hops": self._hops.pop(header.message_id)})
-        if approvals:
-            meta = meta.replace(
-                extra={**meta.extra, "approvers": [_approver(v) for v in approvals]}
-            )
-        self._sequence(flow, header.sequence, meta)
-        self._deliver_plaintext(msg_id, meta, flow)
-        self.ctx.metrics.observe_stage(flow.name, "deliver", started)
+            return None
+        o = self._opened(flow, header, approvals, records, part, started, meta.resent)
+        o.link_meta = meta
+        return o
 
-    def _verify_and_open(self, entry: Path, flow: Flow, meta: MessageMeta) -> env.Header:
-        path = entry / ENVELOPE
-        with open(path, "rb") as src:
-            try:
-                hops, offset = hop_records.read_wrapper(src)
-                if hops and not flow.via:
-                    raise Refused("bad-hop", f"flow {flow.name!r} is not relayed here")
-                header, _length = env.read_header(src)
-            except (env.EnvelopeError, hop_records.HopError) as e:
-                raise Refused(e.reason, e.detail) from None
-            if header.message_id != meta.id:
-                raise Refused("malformed", "the envelope's id differs from its link transfer id")
-            if header.flow != flow.name or header.sender != flow.sender:
-                raise Refused(
-                    "wrong-flow",
-                    f"envelope for flow {header.flow!r} from {header.sender!r} "
-                    f"arrived on flow {flow.name!r}",
-                )
-            if header.recipient != self.ctx.config.name:
-                raise Refused("wrong-recipient", f"addressed to {header.recipient!r}, not us")
-            if header.size > flow.policy.max_size or header.size < flow.policy.min_size:
-                raise Refused(
-                    "policy-size",
-                    f"{header.size} bytes is outside this side's limits "
-                    f"{flow.policy.min_size}..{flow.policy.max_size}",
-                )
-            if flow.via:
-                self._check_hops(src, flow, header, hops, offset)
-            inbox_tmp, _new = inbox_dirs(self.ctx.config.inbox, flow.name)
-            part = inbox_tmp / f"{header.message_id}.part"
+    def _verify_and_open(
+        self,
+        entry: Path,
+        flow: Flow,
+        meta: MessageMeta,
+        records: list[AuditEntry],
+        barrier: Barrier,
+    ) -> tuple[env.Header, Path]:
+        """Check and decrypt the envelope into `inbox/<flow>/tmp/<id>.part` (durable when
+        `barrier` commits); the `verified` record goes into `records`."""
+        with open(entry / ENVELOPE, "rb") as src:
+            return self._verify_and_open_src(src, flow, meta, records, barrier)
+
+    def _verify_and_open_src(
+        self,
+        src: BinaryIO,
+        flow: Flow,
+        meta: MessageMeta,
+        records: list[AuditEntry],
+        barrier: Barrier,
+    ) -> tuple[env.Header, Path]:
+        try:
+            hops, offset = hop_records.read_wrapper(src)
+            if hops and not flow.via:
+                raise Refused("bad-hop", f"flow {flow.name!r} is not relayed here")
+            header, _length = env.read_header(src)
+        except (env.EnvelopeError, hop_records.HopError) as e:
+            raise Refused(e.reason, e.detail) from None
+        self._check_header(header, flow, meta.id)
+        if flow.via:
+            self._check_hops(src, flow, header, hops, offset)
+        inbox_tmp, _new = inbox_dirs(self.ctx.config.inbox, flow.name)
+        part = inbox_tmp / f"{header.message_id}.part"
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+        try:
+            src.seek(offset)
+            with open_exclusive(part) as dst:
+                env.open_envelope(src, dst, self.private_key, self._sender_key, header=header)
+            barrier.file(part)
+            barrier.dir(part.parent)
+        except env.EnvelopeError as e:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
-            try:
-                src.seek(offset)
-                with open_exclusive(part) as dst:
-                    env.open_envelope(src, dst, self.private_key, self._sender_key)
-                    dst.flush()
-                    os.fsync(dst.fileno())
-            except env.EnvelopeError as e:
-                with contextlib.suppress(FileNotFoundError):
-                    part.unlink()
-                raise Refused(e.reason, e.detail) from None
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    part.unlink()
-                raise
+            raise Refused(e.reason, e.detail) from None
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+            raise
         verified = _meta_from_header(header, resent=meta.resent)
         if flow.via:
-            self.ctx.record("verified", verified, hops=hop_records.summary(hops))
+            records.append(self.ctx.entry("verified", verified, hops=hop_records.summary(hops)))
             self._hops[header.message_id] = hop_records.summary(hops)
         else:
-            self.ctx.record("verified", verified)
-        return header
+            records.append(self.ctx.entry("verified", verified))
+        return header, part
+
+    def _check_header(self, header: env.Header, flow: Flow, msg_id: str) -> None:
+        """This side's checks of a header, before anything of the body is decrypted."""
+        if header.message_id != msg_id:
+            raise Refused("malformed", "the envelope's id differs from its link transfer id")
+        if header.flow != flow.name or header.sender != flow.sender:
+            raise Refused(
+                "wrong-flow",
+                f"envelope for flow {header.flow!r} from {header.sender!r} "
+                f"arrived on flow {flow.name!r}",
+            )
+        if header.recipient != self.ctx.config.name:
+            raise Refused("wrong-recipient", f"addressed to {header.recipient!r}, not us")
+        if header.size > flow.policy.max_size or header.size < flow.policy.min_size:
+            raise Refused(
+                "policy-size",
+                f"{header.size} bytes is outside this side's limits "
+                f"{flow.policy.min_size}..{flow.policy.max_size}",
+            )
 
     def _check_hops(
         self, src: BinaryIO, flow: Flow, header: env.Header, hops: tuple, offset: int
@@ -335,7 +832,9 @@ class ReceiverAgent:
             return None
         return public
 
-    def _check_approvals(self, flow: Flow, header: env.Header) -> tuple[Verified, ...]:
+    def _check_approvals(
+        self, flow: Flow, header: env.Header, records: list[AuditEntry]
+    ) -> tuple[Verified, ...]:
         """The flow's approvals, verified against our own officers; each one is audited.
 
         Runs after the envelope's signature verified, so a refusal here is about the approvals
@@ -348,19 +847,18 @@ class ReceiverAgent:
                 Subject.from_header(header), header.approvals, self.directory, flow.approval
             )
         except ApprovalRefused as r:
-            _tmp, _new = inbox_dirs(self.ctx.config.inbox, flow.name)
-            with contextlib.suppress(FileNotFoundError):
-                (_tmp / f"{header.message_id}.part").unlink()
             raise Refused(r.code, r.reason) from None
         meta = _meta_from_header(header, resent=0)
         for v in verified:
-            self.ctx.record(
-                "approved",
-                meta,
-                reason="approval verified against this gateway's officers",
-                who={"person": v.officer.name, "role": v.officer.role},
-                fingerprint=v.officer.key_id,
-                approved_at=v.time,
+            records.append(
+                self.ctx.entry(
+                    "approved",
+                    meta,
+                    reason="approval verified against this gateway's officers",
+                    who={"person": v.officer.name, "role": v.officer.role},
+                    fingerprint=v.officer.key_id,
+                    approved_at=v.time,
+                )
             )
         return verified
 
@@ -370,51 +868,57 @@ class ReceiverAgent:
             return None
         return public
 
-    def _sequence(self, flow: Flow, seq: int, meta: MessageMeta) -> None:
-        path = self.ctx.spool.dir("state") / f"{flow.name}.received-seq"
-        highest = 0
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            highest = int(path.read_text())
-        if seq > highest + 1:
-            missing = seq - highest - 1
-            self.ctx.record(
-                "gap",
-                {"flow": flow.name, "seq": seq},
-                outcome="info",
-                reason=f"sequence {highest + 1}..{seq - 1} not seen before {seq}",
+    def _seq_path(self, flow: str) -> Path:
+        return self.ctx.spool.dir("state") / f"{flow}.received-seq"
+
+    def _sequence(self, flow: Flow, seq: int, highest: dict[str, int]) -> list[AuditEntry]:
+        """A `gap` record if `seq` skips numbers; `highest` is the batch's running maximum
+        per flow (the caller writes it to the counter file, durable with the batch)."""
+        if flow.name not in highest:
+            last = 0
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                last = int(self._seq_path(flow.name).read_text())
+            highest[flow.name] = last
+        last = highest[flow.name]
+        out = []
+        if seq > last + 1:
+            missing = seq - last - 1
+            out.append(
+                self.ctx.entry(
+                    "gap",
+                    {"flow": flow.name, "seq": seq},
+                    outcome="info",
+                    reason=f"sequence {last + 1}..{seq - 1} not seen before {seq}",
+                )
             )
             self.ctx.metrics.gaps.labels(flow.name).inc(missing)
-        if seq > highest:
-            replace_durably(path, str(seq).encode())
-
-    def _deliver_plaintext(self, msg_id: str, meta: MessageMeta, flow: Flow) -> None:
-        _tmp, new = inbox_dirs(self.ctx.config.inbox, flow.name)
-        name = safe_name(meta.original_name, fallback=msg_id)
-        meta = meta.replace(extra={**meta.extra, "delivering_to": str(new / name)})
-        self.ctx.spool.write_meta("received", msg_id, meta)
-        self._finish_delivery(msg_id, meta)
+        highest[flow.name] = max(last, seq)
+        return out
 
     def _finish_delivery(self, msg_id: str, meta: MessageMeta) -> None:
         """Link the plaintext into the inbox, then mark the message delivered.
 
-        Every step can be repeated after a crash without a second copy: the link is recognised by
-        its inode, a lost `.part` by the delivered file's hash, and once the marker (`delivered_as`)
-        is written only the move to delivered/ is left to do.
+        Every step can be repeated after a crash without a second copy. The marker names the
+        file (`delivering_to`); the plaintext leaves `inbox/<flow>/tmp/` only once it is linked,
+        so a plaintext still there is linked now (recognised by its inode if the link was made
+        already) and one gone from there was linked (`delivered_as`, written with the marker;
+        a marker of an older version without it has the delivered file found by its hash).
         """
         spool = self.ctx.spool
-        if meta.extra.get("delivered_as"):
-            target = Path(meta.extra["delivered_as"])
-        else:
-            target = Path(meta.extra["delivering_to"])
+        extra = meta.extra
+        if extra.get("delivering_to"):
+            target = Path(extra["delivering_to"])
             part = target.parent.parent / "tmp" / f"{msg_id}.part"
             if part.exists():
-                hops = meta.extra.get("hops")
-                extra = {"hops": hops} if hops else {}
-                self.ctx.record("delivered", meta, path=target.name, **extra)
+                hops = extra.get("hops")
+                more = {"hops": hops} if hops else {}
+                self.ctx.record("delivered", meta, path=target.name, **more)
                 target = _link_no_clobber(part, target, msg_id)
                 part.unlink()
                 fsync_dir(target.parent)
                 fsync_dir(part.parent)
+            elif extra.get("delivered_as"):
+                target = Path(extra["delivered_as"])
             else:
                 # Crash after the link but before the marker: the file is in the inbox already.
                 found = _find_delivered(target, msg_id, meta.sha256)
@@ -427,7 +931,7 @@ class ReceiverAgent:
             flow = self.flows.get(meta.flow)
             if flow is not None and flow.signed_delivery:
                 self._sign_publication(target, meta)
-            kept = {k: v for k, v in meta.extra.items() if k != "delivering_to"}
+            kept = {k: v for k, v in extra.items() if k != "delivering_to"}
             marker = meta.replace(
                 extra={**kept, "delivered_as": str(target), "delivered_at": utc_now()}
             )
@@ -436,6 +940,9 @@ class ReceiverAgent:
             spool.move(msg_id, "received", "delivered")
         with contextlib.suppress(FileNotFoundError):
             (spool.entry("delivered", msg_id) / ENVELOPE).unlink()
+        self._count_delivered(meta)
+
+    def _count_delivered(self, meta: MessageMeta) -> None:
         self.ctx.metrics.messages.labels(meta.flow, "deliver", "delivered").inc()
         self.ctx.metrics.bytes.labels(meta.flow, "deliver").inc(meta.size)
         self.ctx.metrics.observe_since(meta.flow, None, meta.created)
@@ -502,15 +1009,260 @@ class ReceiverAgent:
     ) -> None:
         """Keep a refused envelope under a fresh id (a replay reuses an id we already hold)."""
         qid = new_message_id()
-        meta = meta.replace(
-            reason_code=code, reason=reason, extra={**meta.extra, "claimed_id": meta.id}
-        )
+        meta = _refused_meta(meta, code, reason)
         self.ctx.record(event, meta, outcome="refused", reason=f"{code}: {reason}", quarantine=qid)
         replace_durably(work / META, meta.to_json())
         durable_rename(work, self.ctx.spool.entry("quarantine", qid))
+        self._count_refusal(meta, code, qid)
+
+    def _count_refusal(self, meta: MessageMeta, code: str, qid: str) -> None:
         self.ctx.metrics.messages.labels(meta.flow, "receive", "refused").inc()
         self.ctx.metrics.rejections.labels(meta.flow, "receive", code).inc()
-        log.warning("quarantined envelope %s as %s: %s: %s", meta.id, qid, code, reason)
+        log.warning("quarantined envelope %s as %s: %s: %s", meta.id, qid, code, meta.reason)
+
+
+#: while a large plaintext is written, the disk is started on it every this many bytes
+WRITEBACK_EVERY = 32 * 1024 * 1024
+
+
+class _Streamed:
+    """One large envelope taken off the link as it comes: the StreamSink the receiver gives.
+
+    `mode` "open": decrypted chunk by chunk into `inbox/<flow>/tmp/<id>.part` (StreamOpener);
+    "raw": kept as it came in the scratch dir, for quarantine (a replay, or one refused on the
+    way: what was decrypted is encrypted again, giving back exactly the bytes that came);
+    "drop": a re-send of a message held here, of which nothing is kept.
+
+    Nothing here is durable: the deliver stage makes the plaintext durable with its marker
+    (`_deliver_opened`); a quarantined copy is fsynced before it is moved there.
+    """
+
+    def __init__(
+        self, agent: ReceiverAgent, flow: Flow, msg_id: str, length: int, resend: bool, mode: str
+    ) -> None:
+        self.agent = agent
+        self.flow = flow
+        self.msg_id = msg_id
+        self.length = length
+        self.resend = resend
+        self.mode = mode
+        self.replay = mode == "raw"
+        self.owns_id = mode == "open"  # its id was put in flight for it (see _stream_to)
+        # Checked end to end by the opener; a kept copy is checked against the sender's digest.
+        self.verifies_envelope = mode == "open"
+        self.refused: Refused | None = Refused("replay", "message id was already received or "
+                                               "delivered") if self.replay else None  # fmt: skip
+        self.work = agent.ctx.spool.dir("tmp/link") / f"{msg_id}.{id(self):x}"
+        inbox_tmp, _new = inbox_dirs(agent.ctx.config.inbox, flow.name)
+        self.part_path = inbox_tmp / f"{msg_id}.part"
+        self.part: BinaryIO | None = None
+        self.raw: BinaryIO | None = None
+        self.records: list[AuditEntry] = []
+        self.written = 0
+        self.started = time.monotonic()
+        self.opener = StreamOpener(
+            length,
+            agent.private_key,
+            agent._sender_key,
+            check_header=lambda h: agent._check_header(h, flow, msg_id),
+        )
+        if mode == "open":
+            with contextlib.suppress(FileNotFoundError):
+                self.part_path.unlink()
+            self.part = open_exclusive(self.part_path)
+        elif mode == "raw":
+            self._open_raw()
+
+    def _open_raw(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(mode=0o700)
+        self.raw = open_exclusive(self.work / ENVELOPE)
+
+    def write(self, data: bytes) -> None:
+        if self.mode == "raw":
+            assert self.raw is not None
+            self.raw.write(data)
+        elif self.mode == "open":
+            try:
+                self.opener.feed(data, self._plaintext)
+            except env.EnvelopeError as e:
+                self._refuse(Refused(e.reason, e.detail))
+            except Refused as r:
+                self._refuse(r)
+
+    def _plaintext(self, pt: bytes) -> None:
+        assert self.part is not None
+        if self.written:
+            crash_point("receiver-streamed")  # a transfer half in, half decrypted
+        self.part.write(pt)
+        before = self.written
+        self.written += len(pt)
+        if before // WRITEBACK_EVERY != self.written // WRITEBACK_EVERY:
+            self.part.flush()
+            start_writeback(self.part.fileno(), 0, 0)
+
+    def _refuse(self, r: Refused) -> None:
+        """From now on keep the envelope as it came: what was decrypted, encrypted again."""
+        self.refused = r
+        self._open_raw()
+        assert self.raw is not None and self.part is not None
+        o = self.opener
+        if o.header is not None:
+            self.raw.write(o.prefix)
+            self.part.flush()
+            with open(self.part_path, "rb") as plaintext:
+                reencrypt_chunks(plaintext, self.raw, o.header, o.content_key, o.chunks_opened)
+        self.raw.write(o.pending)
+        self._drop_part()
+        self.mode = "raw"
+
+    def _drop_part(self) -> None:
+        if self.part is not None:
+            self.part.close()
+            self.part = None
+        with contextlib.suppress(FileNotFoundError):
+            self.part_path.unlink()
+
+    def abort(self, reason: str) -> None:
+        self._drop_part()
+        if self.raw is not None:
+            self.raw.close()
+        shutil.rmtree(self.work, ignore_errors=True)
+        if self.owns_id:
+            with self.agent.lock:
+                self.agent._in_flight.discard(self.msg_id)
+
+    def complete(self, link_meta: MessageMeta, link_sha256: str) -> _Opened | None:
+        """All bytes came (their digest checked by the link): the opened message, or None when
+        it is refused (then `refused` says why and `work` holds it as it came, fsynced)."""
+        if self.mode == "open":
+            try:
+                header = self.opener.finish()
+                approvals = self.agent._check_approvals(self.flow, header, self.records)
+            except env.EnvelopeError as e:
+                self._refuse(Refused(e.reason, e.detail))
+            except Refused as r:
+                self._refuse(r)
+        if self.mode == "raw":
+            assert self.raw is not None and self.refused is not None
+            self.raw.flush()
+            os.fsync(self.raw.fileno())
+            self.raw.close()
+            if _sha256_of(self.work / ENVELOPE) != link_sha256:
+                # What came is kept exactly (rebuilt where it decrypted); a difference from the
+                # digest the sender gave says the bytes were damaged on the way.
+                self.refused = Refused(
+                    self.refused.code,
+                    f"{self.refused.reason} (the copy kept differs from the digest the sender "
+                    "gave for it: damaged on the link?)",
+                    self.refused.event,
+                )
+            return None
+        assert self.part is not None
+        self.part.close()
+        self.part = None
+        verified = _meta_from_header(header, resent=link_meta.resent)
+        self.records.insert(0, self.agent.ctx.entry("verified", verified))
+        o = self.agent._opened(
+            self.flow, header, approvals, self.records, self.part_path, self.started,
+            link_meta.resent,
+        )  # fmt: skip
+        o.link_meta = link_meta
+        o.size = self.length
+        o.rebuild = self.rebuild
+        return o
+
+    def rebuild(self) -> Arrival:
+        """The envelope as it came, from its plaintext, durable in the scratch dir (for a
+        delivery that failed before its marker was durable: it then goes the file way)."""
+        o = self.opener
+        assert o.header is not None
+        self._open_raw()
+        assert self.raw is not None
+        self.raw.write(o.prefix)
+        with open(self.part_path, "rb") as plaintext:
+            reencrypt_chunks(plaintext, self.raw, o.header, o.content_key, o.chunks_opened)
+        self.raw.write(o.pending)  # the signature
+        self.raw.flush()
+        os.fsync(self.raw.fileno())
+        self.raw.close()
+        self._drop_part()
+        fsync_dir(self.work)
+        fsync_dir(self.work.parent)
+        digest = _sha256_of(self.work / ENVELOPE)
+        return Arrival(self.msg_id, self.work, self.resend, self.length, digest)
+
+
+def _sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class _Opened:
+    """A message of a delivery batch, decrypted into `part`, on its way to `want`."""
+
+    meta: MessageMeta
+    flow: Flow
+    records: list[AuditEntry]
+    part: Path
+    want: Path
+    started: float
+    target: Path = Path()
+    link_meta: MessageMeta | None = None  # of one that came in memory: what the link said
+    #: of one streamed: its envelope, rebuilt into the scratch dir as it came (a fallback)
+    rebuild: Callable[[], Arrival] | None = None
+    size: int = 0  # of one streamed: its envelope's length (what the backlog counts)
+
+
+#: what the link stage hands the deliver stage: an envelope in memory, or one opened as it came
+_Handed = tuple[Flow, "Arrival | _Opened"]
+
+
+def _handed_id(item: _Handed) -> str:
+    handed = item[1]
+    return handed.meta.id if isinstance(handed, _Opened) else handed.transfer
+
+
+def _handed_size(item: _Handed) -> int:
+    return item[1].size  # an envelope's length, in memory or streamed
+
+
+@dataclass
+class _Progress:
+    """How far a memory batch got, for its guard: which markers exist, whether durable."""
+
+    created: list[str] = field(default_factory=list)
+    settled: set[str] = field(default_factory=set)
+    committed: bool = False
+
+
+def _link_meta(flow: Flow, arrival: Arrival) -> MessageMeta:
+    """What the link tells of an envelope before it is opened."""
+    meta = MessageMeta(id=arrival.transfer, flow=flow.name, system=flow.sender, original_name="")
+    return meta.replace(
+        resent=int(arrival.resend), created=utc_now(), extra={"link_sha256": arrival.sha256}
+    )
+
+
+def _free_name(want: Path, msg_id: str, taken: set[Path]) -> Path:
+    """The name a delivery will take: `want`, or `name (id12).ext` if a file or another
+    message of the batch holds it (as `_link_no_clobber` decides, ahead of the link)."""
+    stem, dot, ext = want.name.partition(".")
+    alt = want.with_name(f"{stem} ({msg_id[:12]}){dot}{ext}")
+    for candidate in (want, alt):
+        if candidate not in taken and not os.path.lexists(candidate):
+            return candidate
+    return alt
+
+
+def _refused_meta(meta: MessageMeta, code: str, reason: str) -> MessageMeta:
+    return meta.replace(
+        reason_code=code, reason=reason, extra={**meta.extra, "claimed_id": meta.id}
+    )
 
 
 def _approver(v: Verified) -> dict[str, str]:

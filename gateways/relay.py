@@ -34,7 +34,7 @@ from ..transfer import hops as hop_records
 from ..transfer.durable import durable_rename, fsync_dir, replace_durably, write_durably
 from ..transfer.ids import new_message_id
 from ..transfer.keys import load_encryption_public, load_signing_private, load_signing_public
-from ..transfer.link import Arrival, LinkSender, open_receiver, open_sender
+from ..transfer.link import Arrival, LinkSender, materialize, open_receiver, open_sender
 from ..transfer.spool import ENVELOPE, META, MessageMeta, Spool
 from ..zones.config import Flow
 from .agent import AgentContext, FailClosed, utc_now
@@ -110,7 +110,8 @@ class RelayAgent:
                 for item in link.poll(200):
                     if isinstance(item, Arrival):
                         self.ctx.metrics.bytes.labels(flow.name, "link").inc(item.size)
-                        self._accept(flow, hop.sender, item)
+                        # A relay keeps what it forwards on disk before anything else.
+                        self._accept(flow, hop.sender, materialize(item))
                     elif item.kind != "heartbeat":
                         self.ctx.metrics.rejections.labels(flow.name, "relay", item.kind).inc()
                         log.warning("flow %s: %s: %s", flow.name, item.kind, item.reason)

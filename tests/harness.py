@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -75,32 +76,67 @@ class GatewayPair:
     def config(self, agent: str) -> Path:
         return self.configs[AGENTS[agent]]
 
-    def start(self, *agents: str, wrapper: tuple[str, ...] = ()) -> None:
-        """Start agents; `wrapper` prefixes the command (e.g. faketime, ip netns exec)."""
+    def start(
+        self, *agents: str, wrapper: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> None:
+        """Start agents; `wrapper` prefixes the command (e.g. faketime, ip netns exec), `env`
+        adds to their environment (e.g. ZONEGATE_CRASH_AT)."""
         for agent in agents or ("ingest", "sender", "receiver"):
             log = open(self.root / f"{agent}.log", "ab")  # noqa: SIM115
             ns = self.netns.get(agent)
             cmd = ["ip", "netns", "exec", ns] if ns else []
             cmd += [*wrapper, sys.executable, "-m", "zonegate.bin.cli", "run", "-v"]
             cmd += ["--config", str(self.config(agent)), "--agent", agent]
-            self.procs[agent] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            # Its own process group: a wrapper that forks (faketime) must not leave the agent
+            # running when the wrapper is signalled.
+            self.procs[agent] = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **env} if env else None,
+            )
             log.close()
+
+    @staticmethod
+    def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
+        """Signal the agent and whatever wrapper runs it (the process group it leads)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+
+    @staticmethod
+    def _wait_group(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+        """Wait until no process of the agent's group is left; False on timeout."""
+        proc.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return True
+            time.sleep(0.05)
+        return False
 
     def kill(self, agent: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs[agent]
-        proc.send_signal(sig)
-        proc.wait(90)  # a graceful stop writes a final audit checkpoint; slow on a loaded box
+        self._signal(proc, sig)
+        # a graceful stop writes a final audit checkpoint; slow on a loaded box
+        if not self._wait_group(proc, 90):
+            self._signal(proc, signal.SIGKILL)
+            self._wait_group(proc, 30)
 
     def stop(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                self._signal(proc, signal.SIGTERM)
         for proc in self.procs.values():
             try:
-                proc.wait(20)
+                if self._wait_group(proc, 20):
+                    continue
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                pass
+            self._signal(proc, signal.SIGKILL)
+            proc.wait()
 
     def alive(self, agent: str) -> bool:
         return self.procs[agent].poll() is None

@@ -549,3 +549,104 @@ def test_overlong_line_is_named_without_reading_it_whole(tmp_path: Path) -> None
     result = verify(path)
     assert result.first_bad_line == 4
     assert result.problem == "line 4: record longer than 65536 bytes"
+
+
+# -- group commit: append_many -----------------------------------------------------------------
+
+
+def test_append_many_is_one_write_and_one_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os as os_module
+
+    from zonegate.audit.log import AuditEntry
+
+    path = tmp_path / "audit.log"
+    log = AuditLog(path, gateway="gw", agent="ingest")
+    log.append("agent-started", outcome="info")
+    fsyncs: list[int] = []
+    writes: list[int] = []
+    real_fsync, real_write = os_module.fsync, os_module.write
+    monkeypatch.setattr(os_module, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))[1])
+    monkeypatch.setattr(
+        os_module, "write", lambda fd, b: (writes.append(len(b)), real_write(fd, b))[1]
+    )
+    entries = [
+        AuditEntry("claimed", {"id": f"m{i}", "flow": "import", "size": i}, extra={"n": i})
+        for i in range(50)
+    ]
+    records = log.append_many(entries)
+    monkeypatch.undo()
+    assert len(fsyncs) == 1, "a batch is made durable with one fsync"
+    assert len([w for w in writes if w > 1000]) == 1, "and written with one write"
+    assert [r.seq for r in records] == list(range(2, 52))
+    assert len({r.time for r in records}) == 1, "the records of a batch share their time"
+    assert [r.message["id"] for r in records] == [f"m{i}" for i in range(50)]
+    result = verify(path)
+    assert result.ok and result.records == 51
+    assert [r["seq"] for r in read_records(path)] == list(range(1, 52))
+    # The chain continues after a batch exactly as after single appends.
+    assert log.append("sent").seq == 52
+    assert verify(path).ok
+
+
+def test_append_many_refuses_the_whole_batch_for_one_bad_entry(tmp_path: Path) -> None:
+    from zonegate.audit.log import AuditEntry
+
+    path = tmp_path / "audit.log"
+    log = AuditLog(path, gateway="gw", agent="ingest")
+    log.append("agent-started", outcome="info")
+    before = path.read_bytes()
+    bad = [
+        AuditEntry("claimed", {"id": "m1"}),
+        AuditEntry("claimed", {"id": "m2"}, extra={"secret_key": "x"}),
+    ]
+    with pytest.raises(ValueError, match="key"):
+        log.append_many(bad)
+    with pytest.raises(ValueError, match="unknown audit event"):
+        log.append_many([AuditEntry("claimed"), AuditEntry("no-such-event")])
+    assert path.read_bytes() == before, "nothing of a refused batch reaches the log"
+    assert log.append_many([]) == []
+    assert path.read_bytes() == before
+
+
+def test_a_batch_that_fails_to_write_leaves_no_part_of_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os as os_module
+
+    from zonegate.audit.log import AuditEntry
+
+    path = tmp_path / "audit.log"
+    log = AuditLog(path, gateway="gw", agent="ingest")
+    log.append("agent-started", outcome="info")
+    before = path.read_bytes()
+    real_write = os_module.write
+
+    def short_then_full(fd: int, data: bytes) -> int:
+        if len(data) > 1000:  # the batch: half of it lands, then the disk is full
+            real_write(fd, bytes(data)[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os_module, "write", short_then_full)
+    with pytest.raises(AuditWriteError):
+        log.append_many([AuditEntry("claimed", {"id": f"m{i}"}) for i in range(40)])
+    monkeypatch.undo()
+    assert path.read_bytes() == before, "the torn batch was cut back"
+    assert log.append("sent").seq == 2
+    assert verify(path).ok
+
+
+def test_a_batch_rotates_the_log_as_a_whole(tmp_path: Path) -> None:
+    from zonegate.audit.log import AuditEntry, segments
+
+    path = tmp_path / "audit.log"
+    log = AuditLog(path, gateway="gw", agent="ingest", rotate_bytes=4000)
+    for _ in range(3):
+        log.append_many([AuditEntry("claimed", {"id": f"m{i}"}) for i in range(12)])
+    assert segments(path), "the log rotated"
+    for _seq, seg in segments(path):
+        assert Path(seg).stat().st_size > 0
+    result = verify(path)
+    assert result.ok and result.records == 36

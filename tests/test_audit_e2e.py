@@ -19,7 +19,7 @@ import pytest
 import zmq
 from harness import GatewayPair, metric_value, wait_for, zg
 
-from zonegate.transfer.linkframe import TAG_BEGIN, TAG_DATA, TAG_END
+from zonegate.transfer.linkframe import TAG_BEGIN, TAG_DATA, TAG_END, TAG_WHOLE
 
 
 def _free_port() -> int:
@@ -31,8 +31,8 @@ def _free_port() -> int:
 class LossyLink:
     """Forwards link frames from the sender to the receiver; drops the chosen envelopes.
 
-    ``drop_begins`` are 1-based positions of envelopes (BEGIN frames) in arrival order; every
-    frame of such an envelope is dropped and its message id noted in ``dropped``.
+    ``drop_begins`` are 1-based positions of envelopes (BEGIN or WHOLE frames) in arrival order;
+    every frame of such an envelope is dropped and its message id noted in ``dropped``.
     """
 
     def __init__(self, listen: str, forward: str) -> None:
@@ -58,7 +58,7 @@ class LossyLink:
                 continue
             frames = self.pull.recv_multipart()
             tag = frames[0]
-            if tag == TAG_BEGIN:
+            if tag in (TAG_BEGIN, TAG_WHOLE):  # a small envelope is one WHOLE frame
                 self.begins += 1
                 transfer = json.loads(frames[1])["t"]
                 if self.begins in self.drop_begins:

@@ -101,7 +101,7 @@ def test_curve_link_delivers_and_the_wire_shows_nothing_readable(tmp_path: Path)
             wire = bytes(tap.seen)
         assert len(wire) > 5000, "the tap saw no traffic: the test would prove nothing"
         # The envelope's header is plaintext JSON; over Curve none of it may show on the wire.
-        for marker in (b'"flow":"import"', b"report", b"ZGENV", b"ZGL1B"):
+        for marker in (b'"flow":"import"', b"report", b"ZGENV", b"ZGL1B", b"ZGL1W"):
             assert marker not in wire, marker
     finally:
         pair.stop()

@@ -44,6 +44,8 @@ def test_sftp_upload_to_a_full_disk_fails_clearly_then_recovers(
     pair = sftp_on_small_fs
     pair.start("ingest", "sender", "receiver")
     pair.start_sftp()
+    for agent in ("ingest", "sender"):  # up before the disk fills: starting needs a little room
+        pair.metrics(agent)
     big = tmp_path / "report.txt"
     big.write_bytes(b"".join(b"line %07d of the quarterly report\n" % i for i in range(60000)))
     filler = _fill(pair.mount)  # type: ignore[attr-defined]

@@ -47,7 +47,9 @@ def test_files_arrive_exactly_once_over(kind: str, tmp_path: Path, request) -> N
             text, "zonegate_messages_total", flow="import", stage="deliver", outcome="delivered"
         ) == len(expected)
         # The reader never writes, renames or deletes in the ferry directory: every envelope
-        # is still there under its final name, and no temporary name is visible.
+        # is still there under its final name, and no temporary name is left (checked once the
+        # sender has stopped: a heartbeat it is writing has a temporary name for a moment).
+        pair.stop()
         names = sorted(os.listdir(ferry))
         envelopes = [n for n in names if n.endswith(".zge")]
         assert len(envelopes) == N_FILES, names[:5]

@@ -19,15 +19,17 @@ from zonegate.transfer.linkframe import (
     Heartbeat,
     Reassembler,
     Stray,
+    Whole,
     begin_frame,
     data_frame,
     end_frame,
     heartbeat_frame,
+    whole_frame,
 )
 
 FLOW = "import"
 SENDER = "internet-gw"
-EVENT_TYPES = (Begin, Data, Complete, Abort, Heartbeat, Stray)
+EVENT_TYPES = (Begin, Data, Complete, Whole, Abort, Heartbeat, Stray)
 
 
 def reasm(max_length: int = 10 * MAX_PAYLOAD) -> Reassembler:
@@ -277,6 +279,13 @@ MALFORMED = [
     [b"ZGL1E", b"\x00" * 16],
     [b"ZGL1H", b"{}"],
     [b"ZGL1H", b"garbage"],
+    [b"ZGL1W", _begin_body(), b"abc"],
+    [b"ZGL1W", _begin_body(), b"abc", b"\x00" * 31],
+    [b"ZGL1W", _begin_body(), b"abc", b"\x00" * 32, b"extra"],
+    [b"ZGL1W", b"not json", b"abc", b"\x00" * 32],
+    [b"ZGL1W", _begin_body(t="../../etc"), b"abc", b"\x00" * 32],
+    [b"ZGL1W", _begin_body(length=True), b"abc", b"\x00" * 32],
+    [b"ZGL1W", _begin_body(flow="other"), b"abc", b"\x00" * 32],
 ]
 
 
@@ -337,14 +346,21 @@ def test_receiver_api_only_returns_events() -> None:
     """Nothing on the receiving side can produce bytes to send back: feed yields only events."""
     r = reasm()
     public = {n for n in dir(r) if not n.startswith("_")}
-    assert public == {"feed", "flow", "sender", "max_length", "open_transfer"}
+    assert public == {
+        "feed",
+        "flow",
+        "sender",
+        "max_length",
+        "open_transfer",
+        "verified_end_to_end",  # returns nothing: the reader of the bytes checks them
+    }
     tid = new_message_id()
     for frames in [*frames_for(tid, b"payload", 3), *MALFORMED]:
         for e in r.feed(frames):
             assert isinstance(e, EVENT_TYPES)
 
 
-TAGS = st.sampled_from([b"ZGL1B", b"ZGL1D", b"ZGL1E", b"ZGL1H", b"ZGL1X", b""])
+TAGS = st.sampled_from([b"ZGL1B", b"ZGL1D", b"ZGL1E", b"ZGL1H", b"ZGL1W", b"ZGL1X", b""])
 PART = st.one_of(
     st.binary(max_size=64),
     st.sampled_from([b"\x00" * 8, b"\x00" * 16, b"\x00" * 32, b"{}", b"[" * 3000]),
@@ -386,3 +402,73 @@ def test_any_body_and_chunking_reassembles(body: bytes, chunk: int) -> None:
     events = feed_all(r, frames_for(tid, body, chunk))
     assert events[-1] == Complete(tid, len(body), hashlib.sha256(body).digest())
     assert b"".join(e.payload for e in events if isinstance(e, Data)) == body
+
+
+# -- WHOLE: a small envelope in one frame ------------------------------------------------------
+
+
+def test_whole_frame_yields_the_envelope_at_once() -> None:
+    tid = new_message_id()
+    body = b"a small sealed envelope"
+    digest = hashlib.sha256(body).digest()
+    r = reasm()
+    ev = only(r.feed(whole_frame(tid, FLOW, SENDER, True, body, digest)), Whole)
+    assert ev == Whole(tid, FLOW, SENDER, True, body, digest, None)
+    assert r.open_transfer is None
+    # and a streamed transfer can follow it
+    assert feed_all(r, frames_for(new_message_id(), b"next", 2))[-1].length == 4
+
+
+def test_whole_frame_with_a_wrong_digest_or_length_aborts_without_opening() -> None:
+    tid = new_message_id()
+    body = b"payload"
+    r = reasm()
+    ev = only(r.feed(whole_frame(tid, FLOW, SENDER, False, body, b"\x00" * 32)), Abort)
+    assert ev.transfer == tid and "digest" in ev.reason
+    frame = whole_frame(tid, FLOW, SENDER, False, body, hashlib.sha256(body).digest())
+    frame[1] = _begin_body(t=tid, length=len(body) + 1)
+    ev = only(r.feed(frame), Abort)
+    assert "announced" in ev.reason
+    assert r.open_transfer is None
+
+
+def test_whole_frame_over_max_payload_aborts() -> None:
+    tid = new_message_id()
+    body = b"x" * (MAX_PAYLOAD + 1)
+    r = reasm(max_length=4 * MAX_PAYLOAD)
+    only(r.feed(whole_frame(tid, FLOW, SENDER, False, body, hashlib.sha256(body).digest())), Abort)
+
+
+def test_whole_frame_while_a_transfer_is_open_aborts_that_one() -> None:
+    r = reasm()
+    old = open_transfer(r, 10)
+    tid = new_message_id()
+    body = b"new one"
+    events = r.feed(whole_frame(tid, FLOW, SENDER, False, body, hashlib.sha256(body).digest()))
+    assert [type(e) for e in events] == [Abort, Whole]
+    assert events[0].transfer == old
+    assert events[1].abandoned == old
+    assert r.open_transfer is None
+
+
+def test_whole_frame_for_another_flow_is_stray_and_length_is_bounded() -> None:
+    body = b"x" * 10
+    digest = hashlib.sha256(body).digest()
+    only(reasm().feed(whole_frame(new_message_id(), "other", SENDER, False, body, digest)), Stray)
+    only(reasm(max_length=5).feed(whole_frame(new_message_id(), FLOW, SENDER, False, body, digest)),
+         Stray)  # fmt: skip
+
+
+def test_a_transfer_checked_end_to_end_keeps_the_claimed_digest() -> None:
+    """Its reader verifies the envelope itself; the END digest is the sender's claim, kept."""
+    tid = new_message_id()
+    r = reasm()
+    assert r.feed(begin_frame(tid, FLOW, SENDER, 6, False))[0].transfer == tid
+    r.verified_end_to_end()
+    assert r.feed(data_frame(tid, 0, b"abcdef")) == [Data(tid, 0, b"abcdef")]
+    claimed = hashlib.sha256(b"something else").digest()
+    assert r.feed(end_frame(tid, claimed)) == [Complete(tid, 6, claimed)]
+    # the next transfer is checked again
+    tid2 = open_transfer(r, 3)
+    r.feed(data_frame(tid2, 0, b"abc"))
+    only(r.feed(end_frame(tid2, claimed)), Abort)

@@ -310,3 +310,81 @@ def test_durable_output_refuses_existing_file(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError), durable_output(path) as f:
         f.write(b"never")
     assert path.read_bytes() == b"keep"
+
+
+# -- group commit: Barrier ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["fsync", "syncfs", "auto"])
+def test_barrier_commits_what_it_names_and_forgets_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strategy: str
+) -> None:
+    from zonegate.transfer import durable
+
+    monkeypatch.setattr(durable, "_STRATEGY", strategy)
+    synced: list[str] = []
+    real = durable._fsync_path
+    monkeypatch.setattr(durable, "_fsync_path", lambda p: (synced.append(p), real(p))[1])
+    calls: list[int] = []
+    if durable._SYNCFS is not None:
+        real_syncfs = durable._SYNCFS
+        monkeypatch.setattr(durable, "_SYNCFS", lambda fd: (calls.append(fd), real_syncfs(fd))[1])
+    barrier = durable.Barrier()
+    try:
+        for i in range(10):
+            durable.write_new(tmp_path / f"f{i}", b"x" * i, barrier)
+        durable.replace_file(tmp_path / "f3", b"replaced", barrier)
+        assert len(barrier) == 11, "ten files and their directory, each named once"
+        barrier.commit()
+        assert (tmp_path / "f3").read_bytes() == b"replaced"
+        assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+        if strategy == "fsync" or durable._SYNCFS is None:
+            assert sorted(synced) == sorted([str(tmp_path / f"f{i}") for i in range(10)]
+                                            + [str(tmp_path)])  # fmt: skip
+        elif strategy == "syncfs":
+            assert calls and not synced, "one syncfs for the file system instead"
+        assert len(barrier) == 0
+        synced.clear()
+        barrier.commit()  # nothing named: nothing to do
+        assert synced == []
+        durable.write_new(tmp_path / "g", b"g", barrier)
+        barrier.discard()
+        barrier.commit()
+        assert synced == [], "a discarded phase is not made durable"
+    finally:
+        barrier.close()
+
+
+def test_barrier_reports_a_failed_flush(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from zonegate.transfer import durable
+
+    def failing(path: str) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(durable, "_STRATEGY", "fsync")
+    monkeypatch.setattr(durable, "_fsync_path", failing)
+    barrier = durable.Barrier()
+    durable.write_new(tmp_path / "f", b"x", barrier)
+    with pytest.raises(OSError, match="Input/output"):
+        barrier.commit()
+    if durable._SYNCFS is not None:
+        monkeypatch.setattr(durable, "_STRATEGY", "syncfs")
+        monkeypatch.setattr(durable, "_SYNCFS", lambda fd: -1)
+        for i in range(8):
+            durable.write_new(tmp_path / f"s{i}", b"x", barrier)
+        with pytest.raises(OSError, match="syncfs"):
+            barrier.commit()
+    barrier.close()
+
+
+def test_move_with_a_barrier_renames_now_and_names_both_directories(spool: Spool) -> None:
+    from zonegate.transfer.durable import Barrier
+
+    msg_id = new_message_id()
+    (spool.entry("ready", msg_id)).mkdir()
+    barrier = Barrier()
+    target = spool.move(msg_id, "ready", "active", barrier)
+    assert target.is_dir() and not spool.entry("ready", msg_id).exists()
+    assert len(barrier) == 2
+    barrier.commit()
+    barrier.close()

@@ -156,3 +156,78 @@ def test_resent_copy_of_a_delivered_message_is_a_duplicate_not_a_replay(
     assert len(list(pair.inbox_new.iterdir())) == 1
     metrics = pair.metrics("receiver")
     assert metric_value(metrics, "zonegate_messages_total", outcome="duplicate") == 1
+
+
+def test_large_envelopes_damaged_on_the_link_are_kept_exactly_as_they_came(
+    pair: GatewayPair, wire: Wire
+) -> None:
+    """Large envelopes are opened as they arrive (transfer/envelope_stream.py) and never stored
+    unless refused; a refused one must still be kept byte for byte as it came (rebuilt from
+    what decrypted), with its reason. A re-send of a delivered one is dropped, a replay kept."""
+    size, chunk = 3 * 1024 * 1024 + 5, 512 * 1024
+    good_id, _h, good = seal_test_envelope(pair, os.urandom(size), chunk_size=chunk)
+    wire.send(good_id, bytes(good))
+    wait_for(lambda: pair.receiver_spool.depth("delivered") == 1, 30, "the valid large envelope")
+    assert not list(pair.receiver_spool.dir("tmp/link").iterdir()), "nothing of it was stored"
+
+    cases: dict[str, tuple[bytes, set[str]]] = {}
+    for region in ("header", "wrapped-key", "first-chunk", "middle-chunk", "signature"):
+        msg_id, header, data = seal_test_envelope(pair, os.urandom(size), chunk_size=chunk)
+        hlen = len(header.to_bytes())
+        offset = {
+            "header": 12 + hlen // 2,
+            "wrapped-key": 14 + hlen + 40,
+            "first-chunk": 94 + hlen + 10,
+            "middle-chunk": 94 + hlen + 3 * (chunk + 16) + 1000,
+            "signature": len(data) - 5,
+        }[region]
+        data[offset] ^= 0x01
+        cases[msg_id] = (bytes(data), {"malformed", "decrypt-failed", "bad-signature"})
+    msg_id, header, data = seal_test_envelope(pair, os.urandom(size), chunk_size=chunk)
+    cases[msg_id] = (bytes(data[: len(data) - 100]), {"malformed"})  # announced as cut
+    for msg_id, (data, _codes) in cases.items():
+        wire.send(msg_id, data)
+    wire.send(good_id, bytes(good), resend=True)  # dropped: a re-send of what is held
+    wire.send(good_id, bytes(good))  # kept: a replay
+    wait_for(lambda: len(_quarantined(pair)) == len(cases) + 1, 60, "every refusal")
+    quarantined = _quarantined(pair)
+    for msg_id, (data, codes) in cases.items():
+        q = quarantined[msg_id]
+        assert q["reason_code"] in codes, (msg_id, q["reason"])
+        assert "differs from the digest" not in q["reason"], q["reason"]
+        kept = pair.receiver_spool.entry("quarantine", q["qid"]) / "envelope"
+        assert kept.read_bytes() == data, "the quarantined copy must be the bytes that arrived"
+    assert quarantined[good_id]["reason_code"] == "replay"
+    kept = pair.receiver_spool.entry("quarantine", quarantined[good_id]["qid"]) / "envelope"
+    assert kept.read_bytes() == bytes(good)
+    assert [p.name for p in pair.inbox_new.iterdir()] == [f"{good_id[-8:]}.txt"]
+    assert not list((pair.inbox_new.parent / "tmp").iterdir()), "no plaintext left behind"
+    records = _audit(pair)
+    assert any(r["event"] == "duplicate" and r["message"]["id"] == good_id for r in records)
+    assert pair.alive("receiver")
+
+
+def test_a_large_envelope_damaged_in_transit_is_kept_as_it_came_and_said_so(
+    pair: GatewayPair, wire: Wire
+) -> None:
+    """The END digest is the sender's; a receiver that opens an envelope as it comes checks the
+    envelope itself, and when it refuses one whose bytes differ from that digest (damaged on
+    the way, not sealed wrong), the reason says so, and what came is what is kept."""
+    import hashlib
+
+    from zonegate.transfer.linkframe import MAX_PAYLOAD, begin_frame, data_frame, end_frame
+
+    msg_id, header, sent = seal_test_envelope(pair, os.urandom(2 * 1024 * 1024), chunk_size=4096)
+    came = bytearray(sent)
+    came[94 + len(header.to_bytes()) + 5000] ^= 0x10  # one bit, in transit
+    link = wire.link
+    assert link._send(begin_frame(msg_id, "import", "internet-gw", len(came), False), wire.stop)
+    for off in range(0, len(came), MAX_PAYLOAD):
+        assert link._send(data_frame(msg_id, off, bytes(came[off : off + MAX_PAYLOAD])), wire.stop)
+    assert link._send(end_frame(msg_id, hashlib.sha256(bytes(sent)).digest()), wire.stop)
+    wait_for(lambda: msg_id in _quarantined(pair), 30, "the refusal")
+    q = _quarantined(pair)[msg_id]
+    assert q["reason_code"] == "decrypt-failed"
+    assert "damaged on the link" in q["reason"]
+    kept = pair.receiver_spool.entry("quarantine", q["qid"]) / "envelope"
+    assert kept.read_bytes() == bytes(came)

@@ -490,10 +490,11 @@ def seal_deterministic(
 
     plain_hash = hashlib.sha256()
     body_hash = hashlib.sha256()
-    pt_buf = bytearray(chunk_size)
-    ct_buf = bytearray(chunk_size + TAG_LENGTH)
+    # No bigger than the file: a 1 KiB message must not zero a 1 MiB buffer. Each chunk's
+    # ciphertext is a new bytes object, so a destination may keep it without a copy (a link
+    # that sends it while it is also written to disk).
+    pt_buf = bytearray(min(chunk_size, header.size))
     pt_view = memoryview(pt_buf)
-    ct_view = memoryview(ct_buf)
     remaining = header.size
     for index in range(n_chunks):
         want = min(chunk_size, remaining)
@@ -506,9 +507,8 @@ def seal_deterministic(
             )
         remaining -= want
         pt = pt_view[:want]
-        ct = ct_view[: want + TAG_LENGTH]
         plain_hash.update(pt)
-        aead.encrypt_into(_nonce(index, index == n_chunks - 1), pt, hh, ct)
+        ct = aead.encrypt(_nonce(index, index == n_chunks - 1), pt, hh)
         body_hash.update(ct)
         written += _write_all(dst, ct)
     if src.read(1):
@@ -605,9 +605,10 @@ def _verify_signature(
     src.seek(body_start)
     wrapped = _read_exact(src, WRAPPED_KEY_LENGTH, "wrapped key")
     body_hash = hashlib.sha256()
-    buf = bytearray(min(max(header.chunk_size, DEFAULT_CHUNK_SIZE), 4 * DEFAULT_CHUNK_SIZE))
-    view = memoryview(buf)
     remaining = _body_length(header)
+    block = min(max(header.chunk_size, DEFAULT_CHUNK_SIZE), 4 * DEFAULT_CHUNK_SIZE)
+    buf = bytearray(min(block, remaining))
+    view = memoryview(buf)
     while remaining:
         want = min(len(buf), remaining)
         if _readinto_exact(src, view[:want]) != want:
@@ -645,6 +646,8 @@ def open_envelope(
     dst: BinaryIO,
     recipient_private: X25519PrivateKey,
     sender_public: Callable[[str, str], Ed25519PublicKey | None],
+    *,
+    header: Header | None = None,
 ) -> Header:
     """Verify and decrypt an envelope into ``dst``; return its header.
 
@@ -657,9 +660,12 @@ def open_envelope(
 
     ``src`` must be seekable (two passes). ``dst`` may hold partial plaintext when this raises:
     the caller must discard it. Replay (id), sequence and policy checks are the caller's.
+    ``header``: what ``read_header`` returned for this source at its current position, when the
+    caller has checked it already (it is then not parsed a second time).
     """
     start = src.tell()
-    header, _ = read_header(src)
+    if header is None:
+        header, _ = read_header(src)
     ours = key_id(recipient_private.public_key())
     if not hmac.compare_digest(ours, header.recipient_key):
         raise EnvelopeError(
@@ -676,8 +682,9 @@ def open_envelope(
     hh = header.digest()
     chunk_size = header.chunk_size
     n_chunks = chunk_count(header.size, chunk_size)
-    ct_buf = bytearray(chunk_size + TAG_LENGTH)
-    pt_buf = bytearray(chunk_size)
+    largest = min(chunk_size, header.size)
+    ct_buf = bytearray(largest + TAG_LENGTH)
+    pt_buf = bytearray(largest)
     ct_view = memoryview(ct_buf)
     pt_view = memoryview(pt_buf)
     plain_hash = hashlib.sha256()

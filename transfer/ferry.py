@@ -112,6 +112,7 @@ class FerryReader:
                 elif mark == "P" and name not in self.taken:
                     self.pending.add(name)
         self.handed: list[str] = []
+        self.taken_count = 0
         self.log = open(self.log_path, "a", encoding="ascii")  # noqa: SIM115
         self.last_beat: str | None = None
 
@@ -165,7 +166,9 @@ class FerryReader:
                 self._mark("T", [name])
                 self.taken.add(name)
                 return LinkNote("stray", f"{name}: not a regular file of 1..{self.max_length} B")
-            work = self.scratch / f"{transfer}-ferry"
+            # One of its own per file: a poll may take a message and its re-send together.
+            self.taken_count += 1
+            work = self.scratch / f"{transfer}-ferry-{self.taken_count}"
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(mode=0o700)
             with open(work / ENVELOPE_FILE, "xb") as dst:

@@ -5,11 +5,18 @@ receiver agent polls its link for envelopes that have arrived *whole and durably
 scratch directory, plus notes about the link (heartbeats, aborted transfers, stray input,
 messages the transport knows it lost). How bytes cross (frames over TCP, FEC-protected UDP
 datagrams, files on removable media) is each transport's own business.
+
+One exception, for small envelopes on a transport whose sender re-sends its resend window when
+the connection comes back (zmq): the envelope may arrive in memory (`Arrival.payload`), written
+nowhere yet. Should the receiver die before it made the message durable, the connection drops
+with it and the sender sends the message again, so nothing is lost; keeping it on disk first
+would only cost a file per message. An agent that needs the file calls `materialize`.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,12 +24,17 @@ from pathlib import Path
 from typing import Protocol
 
 from ..zones.config import Flow
+from .durable import fsync_dir, open_exclusive
 
 __all__ = [
     "Arrival",
+    "LinkBroken",
     "LinkNote",
     "LinkReceiver",
     "LinkSender",
+    "LinkStream",
+    "StreamSink",
+    "materialize",
     "open_receiver",
     "open_sender",
     "register_transport",
@@ -33,7 +45,11 @@ ENVELOPE_FILE = "envelope"
 
 @dataclass(frozen=True)
 class Arrival:
-    """A complete envelope at `directory / "envelope"`, fsynced; the agent takes the directory."""
+    """A complete envelope at `directory / "envelope"`, fsynced; the agent takes the directory.
+
+    With `payload` set, the envelope is those bytes (checked against `sha256`) and nothing is on
+    disk: `directory` is where it goes if it is to be kept (`materialize`).
+    """
 
     transfer: str
     directory: Path
@@ -41,6 +57,28 @@ class Arrival:
     size: int
     #: hex SHA-256 of the envelope as it came off the link: later damage on disk shows against it
     sha256: str = ""
+    payload: bytes | None = None
+    #: the envelope went, as it came, into this sink the agent gave for it (`stream_to`)
+    sink: StreamSink | None = None
+
+    @property
+    def streamed(self) -> bool:
+        return self.sink is not None
+
+
+def materialize(arrival: Arrival) -> Arrival:
+    """The arrival as a durable file in its directory (a no-op for one already on disk)."""
+    if arrival.payload is None:
+        return arrival
+    work = arrival.directory
+    work.mkdir(mode=0o700)
+    with open_exclusive(work / ENVELOPE_FILE) as f:
+        f.write(arrival.payload)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(work)
+    fsync_dir(work.parent)
+    return Arrival(arrival.transfer, work, arrival.resend, arrival.size, arrival.sha256)
 
 
 @dataclass(frozen=True)
@@ -73,7 +111,8 @@ class LinkSender(Protocol):
     def send_envelope(
         self, path: Path, transfer: str, flow: str, sender: str, resend: bool, stop: threading.Event
     ) -> bool:
-        """Send one envelope; False if `stop` was set before it was handed over whole."""
+        """Send one envelope; False if `stop` was set, or the connection went down, before it
+        was handed over whole (the caller sends it again later)."""
         ...
 
     def send_heartbeat(
@@ -81,6 +120,40 @@ class LinkSender(Protocol):
     ) -> bool: ...
 
     def close(self) -> None: ...
+
+
+class LinkStream(Protocol):
+    """An envelope being sent while it is written (`LinkSender.open_stream`, where offered)."""
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Send the next bytes; raises `LinkBroken` if the link went down or stop was set."""
+        ...
+
+    def finish(self) -> bool:
+        """All `length` bytes written: end the transfer; False if it could not be ended."""
+        ...
+
+
+class LinkBroken(Exception):
+    """A streamed envelope could not go on: the connection went down, or the agent stops."""
+
+
+class StreamSink(Protocol):
+    """Where a receiving transport puts an envelope's bytes as they come (`stream_to`): the
+    agent decrypts them on the fly instead of having them stored first. Completion comes as an
+    `Arrival` with `streamed` set, in the same poll as the last bytes.
+
+    A sink whose `verifies_envelope` is true checks the envelope end to end as it comes (tags,
+    signature, length): the transport may then skip its own digest of the bytes, and the
+    Arrival's `sha256` is the digest the sender claimed for them."""
+
+    verifies_envelope: bool
+
+    def write(self, data: bytes) -> None: ...
+
+    def abort(self, reason: str) -> None:
+        """The transfer broke off: nothing of it is to be kept."""
+        ...
 
 
 class LinkReceiver(Protocol):

@@ -3,7 +3,9 @@
 As in Postfix, the state of a message *is* the directory it sits in, so a crash can never leave a
 message in two states or in none: `spool/<state>/<id>/` holds `meta.json` and, depending on the
 state, `data` (plaintext, before sealing) or `envelope` (sealed). Moving a message is one
-rename of its directory followed by an fsync of both parent directories.
+rename of its directory followed by an fsync of both parent directories; a batch of messages may
+share that fsync (`move(..., barrier=...)`, see `durable.Barrier`), committed before anything is
+done that relies on the move being durable.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .durable import durable_rename, fsync_dir, replace_durably
+from .durable import Barrier, durable_rename, fsync_dir, replace_durably, replace_file
 from .ids import is_message_id
 
 __all__ = ["STATES", "MessageMeta", "Spool", "SpoolError"]
@@ -72,18 +74,23 @@ class MessageMeta:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), ensure_ascii=False, sort_keys=True).encode()
+        # The same JSON as dataclasses.asdict would give, without its deep copy of `extra`.
+        fields = {name: getattr(self, name) for name in _META_FIELDS}
+        return json.dumps(fields, ensure_ascii=False, sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> MessageMeta:
         raw = json.loads(data)
         if not isinstance(raw, dict):
             raise ValueError("meta.json is not an object")
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in names})
+        return cls(**{k: v for k, v in raw.items() if k in _META_FIELD_SET})
 
     def replace(self, **changes: Any) -> MessageMeta:
         return dataclasses.replace(self, **changes)
+
+
+_META_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(MessageMeta))
+_META_FIELD_SET = frozenset(_META_FIELDS)
 
 
 class Spool:
@@ -91,6 +98,8 @@ class Spool:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        # Built once: entry() runs several times per message and step.
+        self._dirs = {name: self.root / name for name in (*STATES, *SCRATCH)}
 
     def create(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -99,9 +108,10 @@ class Spool:
         fsync_dir(self.root)
 
     def dir(self, state: str) -> Path:
-        if state not in STATES and state not in SCRATCH:
-            raise ValueError(f"unknown spool state {state!r}")
-        return self.root / state
+        try:
+            return self._dirs[state]
+        except KeyError:
+            raise ValueError(f"unknown spool state {state!r}") from None
 
     def entry(self, state: str, msg_id: str) -> Path:
         if not is_message_id(msg_id):
@@ -138,12 +148,17 @@ class Spool:
     def states_of(self, msg_id: str) -> list[str]:
         return [s for s in STATES if self.entry(s, msg_id).exists()]
 
-    def move(self, msg_id: str, src: str, dst: str) -> Path:
-        """Durably move a message between states (one rename)."""
+    def move(self, msg_id: str, src: str, dst: str, barrier: Barrier | None = None) -> Path:
+        """Move a message between states (one rename): durable now, or when `barrier` commits."""
         target = self.entry(dst, msg_id)
         if target.exists():
             raise SpoolError(f"message {msg_id} is already in {dst}/")
-        durable_rename(self.entry(src, msg_id), target)
+        if barrier is None:
+            durable_rename(self.entry(src, msg_id), target)
+        else:
+            os.rename(self.entry(src, msg_id), target)
+            barrier.dir(target.parent)
+            barrier.dir(self.dir(src))
         return target
 
     def read_meta(self, state: str, msg_id: str) -> MessageMeta:
@@ -155,8 +170,15 @@ class Spool:
             # instead of crashing the agent on every restart.
             raise SpoolError(f"{path}: unreadable metadata ({e})") from None
 
-    def write_meta(self, state: str, msg_id: str, meta: MessageMeta) -> None:
-        replace_durably(self.entry(state, msg_id) / META, meta.to_json())
+    def write_meta(
+        self, state: str, msg_id: str, meta: MessageMeta, barrier: Barrier | None = None
+    ) -> None:
+        """Replace a message's metadata: durable now, or when `barrier` commits."""
+        path = self.entry(state, msg_id) / META
+        if barrier is None:
+            replace_durably(path, meta.to_json())
+        else:
+            replace_file(path, meta.to_json(), barrier)
 
     def remove(self, state: str, msg_id: str) -> None:
         path = self.entry(state, msg_id)
