@@ -27,7 +27,7 @@ from ..transfer.durable import replace_durably
 from ..transfer.spool import MessageMeta, Spool
 from ..zones.config import Address, GatewayConfig
 
-__all__ = ["AgentContext", "AuditEntry", "FailClosed", "crash_point", "utc_now"]
+__all__ = ["AgentContext", "AuditEntry", "FailClosed", "crash_point", "stop_on_signals", "utc_now"]
 
 log = logging.getLogger("zonegate")
 
@@ -46,6 +46,29 @@ def crash_point(name: str) -> None:
 
 class FailClosed(Exception):
     """The audit log could not be written: the agent must stop moving messages."""
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT set `stop`; a second signal during the first one's handling is a no-op.
+
+    `Event.set` takes the event's lock. A second signal arriving while the main thread is inside
+    that lock runs its handler right there, and a handler that calls `set` again waits for the
+    lock forever: the process then hangs until it is killed and never writes its final signed
+    checkpoint. That is what a control-group stop does (systemd signals every process, then the
+    supervisor signals its agents). So the first signal makes later ones no-ops before it
+    touches the lock.
+    """
+
+    def later(signum: int, frame: object) -> None:
+        return None
+
+    def first(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, later)
+        signal.signal(signal.SIGINT, later)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, first)
+    signal.signal(signal.SIGINT, first)
 
 
 def utc_now() -> str:
@@ -251,11 +274,7 @@ class AgentContext:
                 self.record("agent-stopped", outcome="info")
 
     def install_signal_handlers(self) -> None:
-        def handler(signum: int, frame: object) -> None:
-            self.stop.set()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        stop_on_signals(self.stop)
 
     def serve_metrics(self, address: Address | None) -> str | None:
         port = self.metrics.serve(address)

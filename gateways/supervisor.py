@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..zones.config import GatewayConfig
+from .agent import stop_on_signals
 
 __all__ = ["agents_for", "run_agent", "supervise"]
 
@@ -71,12 +72,7 @@ class _Child:
 
 def supervise(config_path: Path, agents: list[str]) -> int:
     stop = threading.Event()
-
-    def handler(signum: int, frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    stop_on_signals(stop)
 
     def spawn(agent: str) -> subprocess.Popen[bytes]:
         cmd = [sys.executable, "-m", "zonegate.bin.cli", "run", "--config", str(config_path)]
