@@ -191,7 +191,7 @@ class AgentMetrics:
         self.up.labels(agent, gateway).set(1)
         self.stage_seconds = Histogram(
             "zonegate_stage_duration_seconds",
-            "Time a message spent in one stage (ingest check, seal, send, deliver).",
+            "Time a message spent in one stage (ingest check, seal, send, open, deliver).",
             ["flow", "stage"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
@@ -222,6 +222,10 @@ class AgentMetrics:
     def observe_stage(self, flow: str, stage: str, started: float) -> None:
         """Record a stage that began at `started` (time.monotonic())."""
         self.stage_seconds.labels(flow, stage).observe(max(0.0, time.monotonic() - started))
+
+    def observe_interval(self, flow: str, stage: str, started: float, ended: float) -> None:
+        """Record a stage that ran from `started` to `ended` (both time.monotonic())."""
+        self.stage_seconds.labels(flow, stage).observe(max(0.0, ended - started))
 
     def observe_since(self, flow: str, stage: str | None, created: str) -> None:
         """Record the time since `created` (ISO UTC) for a stage, or end to end when None."""

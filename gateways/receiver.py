@@ -544,7 +544,8 @@ class ReceiverAgent:
             barrier.commit()
         for o in opened:
             self._count_delivered(o.meta)
-            self.ctx.metrics.observe_stage(o.flow.name, "deliver", o.started)
+            self.ctx.metrics.observe_interval(o.flow.name, "open", o.started, o.opened)
+            self.ctx.metrics.observe_stage(o.flow.name, "deliver", o.opened)
 
     def _deliver_memory_guarded(self, items: list[_Handed], barrier: Barrier) -> None:
         """Deliver envelopes that came in memory; should the batch fail as a whole, whatever of
@@ -1210,8 +1211,10 @@ class _Opened:
     records: list[AuditEntry]
     part: Path
     want: Path
-    started: float
+    started: float  # when opening began (for a streamed one: its first bytes)
     target: Path = Path()
+    #: when it was verified and decrypted: `open` is started..opened, `deliver` opened..delivered
+    opened: float = field(default_factory=time.monotonic)
     link_meta: MessageMeta | None = None  # of one that came in memory: what the link said
     #: of one streamed: its envelope, rebuilt into the scratch dir as it came (a fallback)
     rebuild: Callable[[], Arrival] | None = None

@@ -23,7 +23,7 @@ from zgbench.latency import delivery_latencies, percentile
 from zgbench.pair import FLOW, Pair
 from zgbench.profile import top_frames
 from zgbench.stage_rows import stage_results
-from zgbench.stages import histogram_sums, stage_shares, timelines
+from zgbench.stages import STAGES, busy_shares, histogram_sums, stage_shares, timelines
 from zgbench.udp import parse_udp_results
 
 # ------------------------------------------------------------------- results, ratios, targets
@@ -200,6 +200,8 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         pair.wait_delivered(3, 60, "test")
         metrics = pair.scrape("sender")
         seal = pair.stage_seconds("sender", "seal")
+        busy = pair.busy_seconds()
+        receiver_metrics = pair.scrape("receiver")
     finally:
         pair.stop()
     return {
@@ -207,6 +209,8 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "submitted": submitted,
         "metrics": metrics,
         "seal": seal,
+        "busy": busy,
+        "receiver_metrics": receiver_metrics,
     }
 
 
@@ -293,3 +297,27 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile([3.0], 99) == 3.0
     with pytest.raises(ValueError):
         percentile([], 50)
+
+
+def test_busy_shares_from_every_agents_histograms(real_run: dict) -> None:
+    busy = real_run["busy"]
+    assert set(busy) == set(STAGES)
+    assert all(busy[s] is not None and busy[s] > 0 for s in STAGES), busy
+    assert busy["seal"] == pytest.approx(real_run["seal"])
+    opened = histogram_sums(real_run["receiver_metrics"], flow=FLOW)
+    assert opened["open"][1] == 3 and opened["deliver"][1] == 3  # one per message delivered
+    assert busy["open"] == pytest.approx(opened["open"][0])
+    shares = busy_shares(busy, 3)
+    pct = shares.shares()
+    assert sum(pct.values()) == pytest.approx(100.0)
+    assert shares.end_to_end == pytest.approx(sum(busy.values()))
+    rows = {r.name: r for r in stage_results(shares, "test")}
+    assert rows["slowest_stage"].note == max(pct, key=lambda s: pct[s])
+
+
+def test_busy_shares_name_a_missing_histogram() -> None:
+    shares = busy_shares({"ingest": 1.0, "seal": 3.0, "link": None, "open": 0.5, "deliver": 0.5}, 1)
+    assert shares.seconds["link"] == 0.0
+    assert shares.shares()["seal"] == pytest.approx(60.0)
+    assert shares.slowest() == "seal"
+    assert any("'send'" in n and "link counted as 0" in n for n in shares.notes)

@@ -30,7 +30,7 @@ from .progress import say
 from .results import Result, measured
 from .sshd import LocalSshd, local_sshd
 from .stage_rows import stage_result_names, stage_results
-from .stages import StageShares, stage_shares, timelines
+from .stages import StageShares, busy_shares, stage_shares, timelines
 from .tmpfs import tmpfs
 
 __all__ = ["DISK_RESULTS", "TMPFS_RESULTS", "run_disk", "run_tmpfs"]
@@ -46,8 +46,9 @@ class LargeRun:
     seconds: float
     peak_rss: dict[str, int]
     idle_rss: dict[str, int]
-    shares: StageShares
+    shares: StageShares  # busy time per stage, from the agents' histograms
     problems: list[str]
+    timeline: StageShares  # the same interval from the audit records: where it waited
 
     def details(self, size: int, baseline: str, before: float, after: float) -> dict:
         """The JSON details: raw seconds, both baseline runs, memory per agent, stages."""
@@ -58,6 +59,7 @@ class LargeRun:
             "peak_rss_mib": {a: round(v / MiB, 1) for a, v in self.peak_rss.items()},
             "idle_rss_mib": {a: round(v / MiB, 1) for a, v in self.idle_rss.items()},
             "stages": self.shares.to_json(),
+            "timeline_stages": self.timeline.to_json(),
             "log_problems": self.problems[:50],
         }
 
@@ -81,6 +83,7 @@ def send_large(root: Path, src: Path, src_sha: str, ctx: Context, phase: str) ->
             fsync_dir(pair.outbox_new)
             pair.wait_delivered(1, ctx.timeout, phase)
             seal = pair.stage_seconds("sender", "seal")
+            busy = pair.busy_seconds()
         delivered = list(pair.inbox_new.iterdir())
         if len(delivered) != 1:
             raise BenchError(f"inbox/{FLOW}/new holds {len(delivered)} files, expected 1")
@@ -93,7 +96,8 @@ def send_large(root: Path, src: Path, src_sha: str, ctx: Context, phase: str) ->
                 f"expected one delivered record for {NAME}, found {len(lines)} messages"
             )
         seconds = lines[0].times["delivered"] - submitted
-        shares = stage_shares(lines, {NAME: submitted}, seal)
+        timeline = stage_shares(lines, {NAME: submitted}, seal)
+        shares = busy_shares(busy, 1)
         say(f"  delivered in {seconds:.2f}s, SHA-256 matches; slowest stage: {shares.slowest()}")
         problems = pair.log_problems()
         for line in problems[:10]:
@@ -101,7 +105,7 @@ def send_large(root: Path, src: Path, src_sha: str, ctx: Context, phase: str) ->
     finally:
         if not ctx.keep:
             pair.discard_data()
-    return LargeRun(seconds, pair.peak_rss(), pair.idle_rss, shares, problems)
+    return LargeRun(seconds, pair.peak_rss(), pair.idle_rss, shares, problems, timeline)
 
 
 def run_disk(ctx: Context) -> list[Result]:

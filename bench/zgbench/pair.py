@@ -28,7 +28,7 @@ from zonegate.transfer.ids import is_message_id
 
 from .profile import Profiler
 from .progress import Progress, say
-from .stages import histogram_sums
+from .stages import BUSY_SOURCES, histogram_sums
 
 __all__ = ["AGENTS", "FLOW", "BenchError", "Pair", "RssSampler", "running"]
 
@@ -215,6 +215,21 @@ class Pair:
             say(f"  {e}")
             return None
         return sums[stage][0] if stage in sums else None
+
+    def busy_seconds(self) -> dict[str, float | None]:
+        """Per stage (stages.BUSY_SOURCES), the agents' histogram sums so far (None: missing)."""
+        out: dict[str, float | None] = {}
+        scraped: dict[str, dict[str, tuple[float, float]] | None] = {}
+        for stage, (agent, label) in BUSY_SOURCES.items():
+            if agent not in scraped:
+                try:
+                    scraped[agent] = histogram_sums(self.scrape(agent), flow=FLOW)
+                except BenchError as e:
+                    say(f"  {e}")
+                    scraped[agent] = None
+            sums = scraped[agent]
+            out[stage] = sums[label][0] if sums is not None and label in sums else None
+        return out
 
     def delivered(self) -> int:
         return len(_ids(self.recv_spool / "delivered"))

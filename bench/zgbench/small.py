@@ -28,7 +28,7 @@ from .pair import FLOW, BenchError, Pair, running
 from .progress import Progress, say
 from .results import Result, failed, measured
 from .stage_rows import stage_result_names, stage_results
-from .stages import stage_shares, timelines
+from .stages import busy_shares, stage_shares, timelines
 
 __all__ = ["SMALL_RESULTS", "run_small"]
 
@@ -125,6 +125,7 @@ def run_small(ctx: Context) -> list[Result]:
         with running(pair, "small"):
             flooded, rate = flood(pair, ctx.small_files, ctx)
             flood_seal = pair.stage_seconds("sender", "seal")
+            flood_busy = pair.busy_seconds()
             try:
                 fed = paced(pair, len(flooded), rate, ctx)
             except BenchError as e:
@@ -143,12 +144,14 @@ def run_small(ctx: Context) -> list[Result]:
             pair.discard_data()
     base = CreateBaseline((before.rate + after.rate) / 2, [*before.latencies, *after.latencies])
     lines = timelines(records, FLOW).values()
-    shares = stage_shares([t for t in lines if t.name in flooded], flooded, flood_seal)
+    timeline = stage_shares([t for t in lines if t.name in flooded], flooded, flood_seal)
+    shares = busy_shares(flood_busy, len(flooded))
     details: dict = {
         "flood_files": len(flooded),
         "baseline_creates": BASELINE_CREATES,
         "baseline_rate": {"before": round(before.rate, 1), "after": round(after.rate, 1)},
         "flood_stages": shares.to_json(),
+        "flood_timeline_stages": timeline.to_json(),
         "log_problems": pair.log_problems()[:50],
     }
     ctx.details["small"] = details

@@ -1,8 +1,8 @@
 """Stage shares as result rows: `<prefix>stage_share_<stage>` and `<prefix>slowest_stage`.
 
-Each row's value is the stage's percent of the end-to-end time and its baseline the whole
-end-to-end time (100 %), so `ratio` is the stage's fraction of it; the `slowest_stage` row names
-its stage in `note`.
+Each row's value is the stage's percent of the summed stage busy time (stages.busy_shares) and
+its baseline that whole (100 %), so `ratio` is the stage's fraction of it; the `slowest_stage`
+row names its stage in `note`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ def stage_results(shares: StageShares, what: str, prefix: str = "") -> list[Resu
     names = stage_result_names(prefix)
     pct = shares.shares()
     if not pct:
-        reason = "no delivered message with a complete timeline in the audit logs"
+        reason = "no stage time measured"
         if shares.notes:
             reason += ": " + "; ".join(shares.notes)
         return [failed(n, reason, "%") for n in names]
-    baseline = f"{what}: end-to-end time"
+    baseline = f"{what}: summed stage time"
     rows = [measured(n, pct[s], "%", baseline, 100.0) for n, s in zip(names, STAGES, strict=False)]
     slowest = shares.slowest()
     assert slowest is not None

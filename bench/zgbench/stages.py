@@ -23,6 +23,16 @@ the sender's `zonegate_stage_duration_seconds{stage="seal"}` histogram (its sum 
 and moved from `link` to `seal`. Without that histogram, `seal` runs to the `sent` record
 instead (and so includes the send), which the result's notes say.
 
+Batching makes that timeline coarse: an agent writes the records of a whole batch at once, with
+one time, after the batch's work (the receiver writes `received-on-link`, `verified` and
+`delivered` of a message in memory together). So the stage shares reported are the agents' own
+busy time per stage, `busy_shares`: the sums of `zonegate_stage_duration_seconds` (ingest: claim
+to accepted; seal; link: the sender's `send`; open: verify and decrypt; deliver: the links into
+the inbox), each as a percent of their total. Stages that overlap (a large file is sealed while
+it is sent and opened while it arrives) each count their whole time, so the largest share is the
+stage that was busy longest: the bottleneck. The audit timeline stays in the details, to show
+where messages wait.
+
 Written defensively, because the agents change (group commit, batching): a missing record makes
 its stage count as zero and its time fall into the next stage, with a note; times that run
 backwards (records of two processes) are clamped so that the stages still add up exactly to the
@@ -40,9 +50,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 __all__ = [
+    "BUSY_SOURCES",
     "STAGES",
     "StageShares",
     "Timeline",
+    "busy_shares",
     "histogram_sums",
     "parse_time",
     "stage_shares",
@@ -213,6 +225,29 @@ def stage_shares(
     if backwards:
         notes.append(f"{backwards} message(s) delivered before their start time (clock?)")
     return StageShares(seconds, total, counted, notes, intervals)
+
+
+#: stage -> (agent, `stage` label of its zonegate_stage_duration_seconds) that measures it
+BUSY_SOURCES = {
+    "ingest": ("ingest", "ingest"),
+    "seal": ("sender", "seal"),
+    "link": ("sender", "send"),
+    "open": ("receiver", "open"),
+    "deliver": ("receiver", "deliver"),
+}
+
+
+def busy_shares(busy: Mapping[str, float | None], messages: int) -> StageShares:
+    """Shares of the agents' busy time per stage (see the module doc); a stage whose histogram
+    is missing counts zero and says so. `end_to_end` is the sum of the stages here."""
+    seconds = {s: max(0.0, busy.get(s) or 0.0) for s in STAGES}
+    notes = [
+        f"no {BUSY_SOURCES[s][0]} histogram for stage '{BUSY_SOURCES[s][1]}': {s} counted as 0"
+        for s in STAGES
+        if busy.get(s) is None
+    ]
+    notes.append("shares of the summed per-stage busy time; overlapping stages each count")
+    return StageShares(seconds, sum(seconds.values()), messages, notes)
 
 
 def _add_intervals(sums: dict[str, float], tl: Timeline, start: float, end: float) -> None:
