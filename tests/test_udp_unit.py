@@ -40,6 +40,7 @@ from zonegate.transfer.udp_encode import (
     EncoderPool,
     encode_blocks,
     encode_message,
+    repair_count,
     symbol_size,
 )
 from zonegate.transfer.udp_pace import TokenBucket
@@ -170,6 +171,40 @@ def test_five_percent_bursty_loss_with_25_percent_redundancy_completes() -> None
     files, events = _run(dec, [d for d, k in zip(dgs, keep, strict=True) if k] + [beat])
     assert bytes(files[TID]) == data
     assert [type(e) for e in events if isinstance(e, Done | Lost)] == [Done]
+
+
+def test_small_messages_survive_five_percent_loss_at_25_percent_redundancy() -> None:
+    """25% of one symbol rounds up to one repair: a 1 KiB message in two datagrams, lost when
+    both are (1 in 400 at 5%), so a few of 1,500 small messages would be lost. Small blocks
+    get the repairs that make them as safe as large ones."""
+    rng = random.Random(7)
+    dec = Decoder("import", "gw", 1 << 30, 0.5)
+    datas = {_tid(i): rng.randbytes(rng.choice([200, 1000, 3000])) for i in range(1, 1501)}
+    stream: list[bytes] = []
+    for i, (tid, data) in enumerate(datas.items(), start=1):
+        stream += [d for d in _datagrams(data, i, tid, 0.25) if rng.random() >= 0.05]
+    recent = [(j, _tid(j)) for j in range(1500 - 31, 1501)]
+    stream.append(heartbeat_datagram(b"S" * 8, 1500, "import", "gw", 1500, 500, recent))
+    files, events = _run(dec, stream)
+    assert not [e for e in events if isinstance(e, Lost)]
+    assert {e.transfer for e in events if isinstance(e, Done)} == set(datas)
+    assert all(bytes(files[t]) == d for t, d in datas.items())
+
+
+def test_repairs_keep_every_block_size_safe_and_large_blocks_at_their_share() -> None:
+    from zonegate.transfer.udp_encode import BLOCK_FAILURE_TARGET, _binomial_tail
+
+    for redundancy in (0.05, 0.25, 0.5):
+        design = redundancy / (1 + redundancy) / 2
+        for k in (*range(1, 70), 100, 333, 800, 1024):
+            r = repair_count(k, redundancy)
+            assert r >= math.ceil(k * redundancy)
+            assert _binomial_tail(k + r, design, r) <= BLOCK_FAILURE_TARGET, (k, r)
+            if r > math.ceil(k * redundancy):  # more than the share only where it is needed
+                assert _binomial_tail(k + r - 1, design, r - 1) > BLOCK_FAILURE_TARGET
+    assert repair_count(800, 0.25) == 200  # a full 1 MiB block: exactly the configured share
+    assert repair_count(1, 0.25) >= 5
+    assert repair_count(10, 0) == 0
 
 
 def test_half_loss_reports_exactly_the_lost_messages_by_id() -> None:
