@@ -137,7 +137,8 @@ class IngestAgent:
                 self._recheck = False
                 incoming = self.ctx.spool.ids("incoming")
                 for start in range(0, len(incoming), BATCH_FILES):
-                    self.check_batch(incoming[start : start + BATCH_FILES])
+                    with self.ctx.metrics.busy("ingest"):
+                        self.check_batch(incoming[start : start + BATCH_FILES])
             for flow in self.flows:
                 taken += self._poll_flow(flow)
             self.ctx.metrics.disk_full.set(0)
@@ -162,7 +163,8 @@ class IngestAgent:
         while names and not self.ctx.stop.is_set():
             batch, names = self._next_batch(new, names)
             try:
-                taken += self.take_batch(flow, new, batch)
+                with self.ctx.metrics.busy("ingest"):
+                    taken += self.take_batch(flow, new, batch)
             except OSError:
                 self.ctx.metrics.rejections.labels(flow.name, "ingest", "claim-failed").inc()
                 raise

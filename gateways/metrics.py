@@ -6,9 +6,10 @@ which would let any sender grow the series without limit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -196,6 +197,13 @@ class AgentMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.stage_busy = Counter(
+            "zonegate_stage_busy_seconds",
+            "Wall time this agent spent working on a stage (whole batches, waits excluded): "
+            "across a gateway pair, the stage busy longest is the bottleneck.",
+            ["stage"],
+            registry=self.registry,
+        )
         self.end_to_end_seconds = Histogram(
             "zonegate_end_to_end_latency_seconds",
             "From the claim at the sending gateway to delivery here (clocks must agree).",
@@ -222,6 +230,15 @@ class AgentMetrics:
     def observe_stage(self, flow: str, stage: str, started: float) -> None:
         """Record a stage that began at `started` (time.monotonic())."""
         self.stage_seconds.labels(flow, stage).observe(max(0.0, time.monotonic() - started))
+
+    @contextlib.contextmanager
+    def busy(self, stage: str) -> Iterator[None]:
+        """Count the wall time of the block as work on `stage` (also when it raises)."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.stage_busy.labels(stage).inc(max(0.0, time.monotonic() - started))
 
     def observe_interval(self, flow: str, stage: str, started: float, ended: float) -> None:
         """Record a stage that ran from `started` to `ended` (both time.monotonic())."""

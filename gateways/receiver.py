@@ -184,16 +184,18 @@ class ReceiverAgent:
                     if isinstance(item, Arrival):
                         self.ctx.metrics.bytes.labels(flow.name, "link").inc(item.size)
                         if item.streamed:
-                            if arrivals:  # in order: what came before it first
-                                self._accept_from_link(flow, arrivals, barrier)
-                                arrivals = []
-                            self._streamed_complete(flow, item)
+                            with self.ctx.metrics.busy("receive"):
+                                if arrivals:  # in order: what came before it first
+                                    self._accept_from_link(flow, arrivals, barrier)
+                                    arrivals = []
+                                self._streamed_complete(flow, item)
                         else:
                             arrivals.append(item)
                     else:
                         self._on_note(flow, item)
                 if arrivals:
-                    self._accept_from_link(flow, arrivals, barrier)
+                    with self.ctx.metrics.busy("receive"):
+                        self._accept_from_link(flow, arrivals, barrier)
         finally:
             link.close()
             barrier.close()
@@ -470,10 +472,12 @@ class ReceiverAgent:
         for msg_id in ids:
             if self.ctx.stop.is_set():
                 break
-            o = self._open_one(msg_id, barrier)
+            with self.ctx.metrics.busy("open"):
+                o = self._open_one(msg_id, barrier)
             if o is not None:
                 opened.append(o)
-        self._deliver_opened(opened, barrier)
+        with self.ctx.metrics.busy("deliver"):
+            self._deliver_opened(opened, barrier)
         for o in opened:
             with contextlib.suppress(FileNotFoundError):
                 (self.ctx.spool.entry("delivered", o.meta.id) / ENVELOPE).unlink()
@@ -618,12 +622,14 @@ class ReceiverAgent:
                 barrier.dir(handed.part.parent)
                 opened.append(handed)
                 continue
-            o = self._open_memory(flow, handed, barrier)
+            with self.ctx.metrics.busy("open"):
+                o = self._open_memory(flow, handed, barrier)
             if o is None:
                 progress.settled.add(handed.transfer)  # refused: in quarantine/ now
             else:
                 opened.append(o)
-        self._deliver_opened(opened, barrier, progress)
+        with self.ctx.metrics.busy("deliver"):
+            self._deliver_opened(opened, barrier, progress)
 
     def _link_into_inboxes(self, opened: list[_Opened], barrier: Barrier) -> None:
         """Each plaintext under the name its durable marker gives (rewritten, durably, in the
@@ -1085,7 +1091,8 @@ class _Streamed:
             self.raw.write(data)
         elif self.mode == "open":
             try:
-                self.opener.feed(data, self._plaintext)
+                with self.agent.ctx.metrics.busy("open"):
+                    self.opener.feed(data, self._plaintext)
             except env.EnvelopeError as e:
                 self._refuse(Refused(e.reason, e.detail))
             except Refused as r:

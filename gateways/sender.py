@@ -208,7 +208,8 @@ class SenderAgent:
         ready = self.ctx.spool.ids("ready")
         while ready and not self.ctx.stop.is_set():
             batch, ready = self._take("ready", ready)
-            self._batch_guarded("ready", batch, self.seal_batch)
+            with self.ctx.metrics.busy("seal"):  # a large file's: sealed while it is sent
+                self._batch_guarded("ready", batch, self.seal_batch)
             busy = True
             # Send what was just sealed before sealing more: nothing waits for the whole queue.
             busy = self._send_active() or busy
@@ -225,7 +226,8 @@ class SenderAgent:
         while active and not self.ctx.stop.is_set():
             self._service_links()
             batch, active = self._take("active", active)
-            busy = bool(self._batch_guarded("active", batch, self.send_batch)) or busy
+            with self.ctx.metrics.busy("send"):
+                busy = bool(self._batch_guarded("active", batch, self.send_batch)) or busy
         return busy
 
     def _take(self, state: str, ids: list[str]) -> tuple[list[str], list[str]]:

@@ -28,7 +28,7 @@ from zonegate.transfer.ids import is_message_id
 
 from .profile import Profiler
 from .progress import Progress, say
-from .stages import BUSY_SOURCES, histogram_sums
+from .stages import BUSY_SOURCES, counter_values, histogram_sums
 
 __all__ = ["AGENTS", "FLOW", "BenchError", "Pair", "RssSampler", "running"]
 
@@ -217,18 +217,23 @@ class Pair:
         return sums[stage][0] if stage in sums else None
 
     def busy_seconds(self) -> dict[str, float | None]:
-        """Per stage (stages.BUSY_SOURCES), the agents' histogram sums so far (None: missing)."""
+        """Per stage (stages.BUSY_SOURCES), the agents' busy seconds so far; None when none of
+        the stage's counters could be read."""
+        scraped: dict[str, dict[str, float] | None] = {}
+        for agent in {a for sources in BUSY_SOURCES.values() for a, _ in sources}:
+            try:
+                scraped[agent] = counter_values(self.scrape(agent))
+            except BenchError as e:
+                say(f"  {e}")
+                scraped[agent] = None
         out: dict[str, float | None] = {}
-        scraped: dict[str, dict[str, tuple[float, float]] | None] = {}
-        for stage, (agent, label) in BUSY_SOURCES.items():
-            if agent not in scraped:
-                try:
-                    scraped[agent] = histogram_sums(self.scrape(agent), flow=FLOW)
-                except BenchError as e:
-                    say(f"  {e}")
-                    scraped[agent] = None
-            sums = scraped[agent]
-            out[stage] = sums[label][0] if sums is not None and label in sums else None
+        for stage, sources in BUSY_SOURCES.items():
+            found = [
+                got[label]
+                for agent, label in sources
+                if (got := scraped[agent]) is not None and label in got
+            ]
+            out[stage] = sum(found) if found else None
         return out
 
     def delivered(self) -> int:

@@ -26,12 +26,17 @@ instead (and so includes the send), which the result's notes say.
 Batching makes that timeline coarse: an agent writes the records of a whole batch at once, with
 one time, after the batch's work (the receiver writes `received-on-link`, `verified` and
 `delivered` of a message in memory together). So the stage shares reported are the agents' own
-busy time per stage, `busy_shares`: the sums of `zonegate_stage_duration_seconds` (ingest: claim
-to accepted; seal; link: the sender's `send`; open: verify and decrypt; deliver: the links into
-the inbox), each as a percent of their total. Stages that overlap (a large file is sealed while
-it is sent and opened while it arrives) each count their whole time, so the largest share is the
-stage that was busy longest: the bottleneck. The audit timeline stays in the details, to show
-where messages wait.
+busy time per stage, `busy_shares`: the wall time each agent spent working on a stage, whole
+batches counted once and waits left out (`zonegate_stage_busy_seconds_total{stage}`):
+
+    ingest   ingest: claim, hash, content policy, the batch's commits
+    seal     sender: encryption and signature (a large file is sealed while it is sent)
+    link     sender `send` + receiver `receive`: handing envelopes to the link, taking them off
+    open     receiver: signature check and decryption (a large file's, as it arrives)
+    deliver  receiver: records, markers, links into the inbox, the commits
+
+each as a percent of their total. The agents run side by side, so the stage busy longest is the
+bottleneck. The audit timeline stays in the details, to show where messages wait.
 
 Written defensively, because the agents change (group commit, batching): a missing record makes
 its stage count as zero and its time fall into the next stage, with a note; times that run
@@ -55,6 +60,7 @@ __all__ = [
     "StageShares",
     "Timeline",
     "busy_shares",
+    "counter_values",
     "histogram_sums",
     "parse_time",
     "stage_shares",
@@ -227,27 +233,43 @@ def stage_shares(
     return StageShares(seconds, total, counted, notes, intervals)
 
 
-#: stage -> (agent, `stage` label of its zonegate_stage_duration_seconds) that measures it
-BUSY_SOURCES = {
-    "ingest": ("ingest", "ingest"),
-    "seal": ("sender", "seal"),
-    "link": ("sender", "send"),
-    "open": ("receiver", "open"),
-    "deliver": ("receiver", "deliver"),
+#: stage -> the (agent, `stage` label of zonegate_stage_busy_seconds_total) that make it up
+BUSY_SOURCES: dict[str, tuple[tuple[str, str], ...]] = {
+    "ingest": (("ingest", "ingest"),),
+    "seal": (("sender", "seal"),),
+    "link": (("sender", "send"), ("receiver", "receive")),
+    "open": (("receiver", "open"),),
+    "deliver": (("receiver", "deliver"),),
 }
+BUSY_METRIC = "zonegate_stage_busy_seconds_total"
 
 
 def busy_shares(busy: Mapping[str, float | None], messages: int) -> StageShares:
-    """Shares of the agents' busy time per stage (see the module doc); a stage whose histogram
-    is missing counts zero and says so. `end_to_end` is the sum of the stages here."""
+    """Shares of the agents' busy time per stage (see the module doc); a stage none of whose
+    counters was found counts zero and says so. `end_to_end` is the sum of the stages here."""
     seconds = {s: max(0.0, busy.get(s) or 0.0) for s in STAGES}
     notes = [
-        f"no {BUSY_SOURCES[s][0]} histogram for stage '{BUSY_SOURCES[s][1]}': {s} counted as 0"
-        for s in STAGES
-        if busy.get(s) is None
+        f"no busy-time counter for stage {s}: counted as 0" for s in STAGES if busy.get(s) is None
     ]
-    notes.append("shares of the summed per-stage busy time; overlapping stages each count")
+    notes.append("shares of the agents' summed busy time per stage (batches counted once)")
     return StageShares(seconds, sum(seconds.values()), messages, notes)
+
+
+def counter_values(text: str, metric: str = BUSY_METRIC) -> dict[str, float]:
+    """Per `stage` label, the value of a Prometheus counter in text exposition format."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if not m or m.group(1) != metric:
+            continue
+        stage = dict(_LABEL.findall(m.group(2) or "")).get("stage")
+        if stage is None:
+            continue
+        try:
+            out[stage] = out.get(stage, 0.0) + float(m.group(3))
+        except ValueError:
+            continue
+    return out
 
 
 def _add_intervals(sums: dict[str, float], tl: Timeline, start: float, end: float) -> None:
