@@ -216,9 +216,30 @@ class Pair:
             return None
         return sums[stage][0] if stage in sums else None
 
-    def busy_seconds(self) -> dict[str, float | None]:
-        """Per stage (stages.BUSY_SOURCES), the agents' busy seconds so far; None when none of
-        the stage's counters could be read."""
+    def busy_seconds(self, settle: float = 10.0) -> dict[str, float | None]:
+        """Per stage (stages.BUSY_SOURCES), the agents' busy seconds; None when none of the
+        stage's counters could be read.
+
+        A message can be delivered before its sender's batch is over (the sender still makes
+        its envelope durable and moves it to sent/), and a batch's time is counted when it
+        ends; so this waits, up to `settle` seconds, for the sender's ready/ and active/ to be
+        empty and two readings 0.2 s apart to agree.
+        """
+        deadline = time.monotonic() + settle
+        while time.monotonic() < deadline and (
+            _ids(self.send_spool / "ready") or _ids(self.send_spool / "active")
+        ):
+            time.sleep(0.05)
+        last = self._busy_now()
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            now = self._busy_now()
+            if now == last:
+                break
+            last = now
+        return last
+
+    def _busy_now(self) -> dict[str, float | None]:
         scraped: dict[str, dict[str, float] | None] = {}
         for agent in {a for sources in BUSY_SOURCES.values() for a, _ in sources}:
             try:
