@@ -341,3 +341,22 @@ def test_counter_values_read_the_exposition_format() -> None:
         'zonegate_stage_busy_seconds_total{stage="deliver"} 0.25\n'
     )
     assert counter_values(text) == {"open": 1.5, "deliver": 0.25}
+
+
+def test_prefault_writes_what_it_is_asked_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zgbench import tmpfs
+
+    sizes: list[int] = []
+    real_unlink = Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:  # the size just before it goes
+        sizes.append(self.stat().st_size)
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    seconds = tmpfs.prefault(tmp_path, tmpfs.CHUNK + 1)
+    assert sizes == [2 * tmpfs.CHUNK]  # rounded up to whole chunks
+    assert seconds > 0
+    assert list(tmp_path.iterdir()) == []
