@@ -206,8 +206,10 @@ class Decoder:
         events: list[Event] = []
         view = memoryview(buf)
         start, valid = 0, False
-        hot = self._hot
         for end in ends:
+            # Read anew for each datagram: settling a block can end its message and so the
+            # fast path (a stale one would swallow the next datagram unchecked).
+            hot = self._hot
             if hot is None or end - start != hot.size or not buf.startswith(hot.header, start):
                 slow = self._slow(bytes(view[start:end]))
                 if slow is None:
