@@ -181,6 +181,13 @@ class AgentMetrics:
             "The kernel's UDP RcvbufErrors counter (datagrams dropped on a full socket buffer).",
             registry=self.registry,
         )
+        self.udp_queue_drops = Counter(
+            "zonegate_udp_queue_dropped_datagrams",
+            "Datagrams the UDP receiver took off its socket but dropped because the decoder was "
+            "that far behind (its queue full): the link is faster than this host decodes.",
+            ["flow"],
+            registry=self.registry,
+        )
         self.disk_full = Gauge(
             "zonegate_disk_full",
             "1 while the agent is waiting for disk space (writes failed with ENOSPC).",

@@ -85,6 +85,7 @@ from ..transfer.spool import ENVELOPE, META, MessageMeta
 from ..transfer.udp_recv import kernel_rcvbuf_errors
 from ..zones.config import Flow
 from .agent import AgentContext, AuditEntry, FailClosed, crash_point, utc_now
+from .metrics import AgentMetrics
 
 __all__ = ["BATCH_BYTES", "BATCH_MESSAGES", "ReceiverAgent", "inbox_dirs"]
 
@@ -175,10 +176,12 @@ class ReceiverAgent:
             link.stream_to = partial(self._stream_to, flow)
         self.ctx.metrics.link_up.labels(flow.name).set(1)
         barrier = Barrier()
+        dropped = 0
         try:
             while not self.ctx.stop.is_set():
                 if flow.transport.kind == "udp":
                     self.ctx.metrics.rcvbuf_errors.set(kernel_rcvbuf_errors())
+                    dropped = export_queue_drops(self.ctx.metrics, flow.name, link, dropped)
                 arrivals: list[Arrival] = []
                 for item in link.poll(200):
                     if isinstance(item, Arrival):
@@ -1328,3 +1331,15 @@ def _find_delivered(target: Path, msg_id: str, sha256: str) -> Path | None:
             if h.hexdigest() == sha256:
                 return candidate
     return None
+
+
+def export_queue_drops(metrics: AgentMetrics, flow: str, link: object, seen: int) -> int:
+    """Add what the UDP link's drain dropped since `seen` to its counter; the new total.
+
+    The kernel's RcvbufErrors say the socket overflowed; these say the socket was emptied in
+    time but the decoder was behind: the cure is a lower sender bandwidth, not a bigger buffer.
+    """
+    total = int(getattr(link, "queue_drops", 0))
+    if total > seen:
+        metrics.udp_queue_drops.labels(flow).inc(total - seen)
+    return max(total, seen)

@@ -37,6 +37,7 @@ ISSUE_ALERTS = {
     "ZonegateAuditVerifyFailure",
     "ZonegateEndpointDown",
     "ZonegateDiskNearlyFull",
+    "ZonegateUdpDecoderBehind",  # issue 4: datagrams the UDP receiver itself had to drop
 }
 FILES = 3
 

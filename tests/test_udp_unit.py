@@ -681,3 +681,51 @@ def test_a_busy_decoder_does_not_starve_the_drain_into_kernel_drops() -> None:
     drain.close()
     assert drain.dropped == 0
     assert got == count, f"the kernel dropped {count - got} of {count} datagrams"
+
+
+def test_datagrams_dropped_for_a_decoder_far_behind_are_counted_and_exported(
+    monkeypatch,
+) -> None:
+    """The drain empties the socket in time but the decoder is not taking batches: past the
+    queue's bound datagrams are dropped (so memory stays bounded), and the receiver agent's
+    counter says how many, on its real metrics endpoint."""
+    import urllib.request
+
+    from harness import metric_value
+
+    from zonegate.gateways.metrics import AgentMetrics
+    from zonegate.gateways.receiver import export_queue_drops
+    from zonegate.transfer import udp_recv
+    from zonegate.zones.config import Address
+
+    monkeypatch.setattr(udp_recv, "MAX_QUEUED_BYTES", 16 * 1024)
+    port = _free_udp_port()
+    t = Transport("udp", f"udp://127.0.0.1:{port}", redundancy=0.25, heartbeat=60)
+    flow = Flow("import", "internet", "internal", "gw", "rcv", t, Policy(), 0)
+    rx = udp_store.UdpEnvelopeReceiver(flow, Path(tempfile.mkdtemp()), 1 << 30)
+    metrics = AgentMetrics("receiver", "gw", None)
+    http_port = metrics.serve(Address("127.0.0.1", 0))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            tx.connect(("127.0.0.1", port))
+            for i in range(200):
+                tx.send(bytes([i]) * 1400)
+                if i % 2 == 1:
+                    time.sleep(0.005)  # the drain hands over small batches, not one big one
+        deadline = time.monotonic() + 10
+        while rx.drain.datagrams < 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert rx.drain.datagrams == 200
+        queued = 0
+        while (batch := rx.drain.get(0)) is not None:
+            queued += len(batch[1])
+        assert 0 < queued <= 16 * 1024 // 1400 + 1
+        assert rx.queue_drops == 200 - queued
+        total = export_queue_drops(metrics, "import", rx, 0)
+        assert export_queue_drops(metrics, "import", rx, total) == total  # not counted twice
+        url = f"http://127.0.0.1:{http_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        name = "zonegate_udp_queue_dropped_datagrams_total"
+        assert metric_value(text, name, flow="import") == 200 - queued
+    finally:
+        rx.close()
