@@ -320,9 +320,19 @@ def run_ours(job: Job) -> Outcome:
     reader = threading.Thread(target=lambda: result.append(rx.stdout.readline()), daemon=True)
     reader.start()
     deadline = time.monotonic() + 4 * STALL + job.size / 5e6
+    sender_done: float | None = None
     while reader.is_alive() and time.monotonic() < deadline:
         if tx.poll() is not None and tx.returncode != 0:
             raise Failed(f"sender failed ({tx.returncode}): {_tail(job.work / 'ours-send.log')}")
+        if tx.returncode == 0:
+            # The one-shot sender sends no heartbeats after it exits, so a receiver that lost
+            # its last notices waits for ever (an agent's would learn from the next heartbeat).
+            sender_done = sender_done or time.monotonic()
+            if time.monotonic() - sender_done > 2 * STALL:
+                raise Failed(
+                    f"the sender finished {2 * STALL:.0f}s ago and the receiver neither "
+                    f"completed the message nor reported it lost: {_tail(rx_log)}"
+                )
         reader.join(0.05)
     if not result or not result[0].strip():
         raise Failed(f"nothing arrived: {_tail(rx_log)}")
