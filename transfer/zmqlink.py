@@ -174,7 +174,6 @@ class ZmqLinkSender:
     ) -> bool:
         """Stream one envelope file; False if asked to stop, or the connection went down, before
         the END frame left."""
-        h = hashlib.sha256()
         with open(path, "rb", buffering=0) as f:
             length = f.seek(0, 2)
             f.seek(0)
@@ -184,18 +183,13 @@ class ZmqLinkSender:
                     return self.send_envelope_bytes(envelope, transfer, flow, sender, resend, stop)
                 length = f.seek(0, 2)  # it grew meanwhile: stream what is there now
                 f.seek(0)
-            if not self._send(begin_frame(transfer, flow, sender, length, resend), stop):
+            try:
+                stream = self.open_stream(transfer, flow, sender, length, resend, stop)
+                while chunk := f.read(min(MAX_PAYLOAD, length - stream.offset)):
+                    stream.write(chunk)
+            except LinkBroken:
                 return False
-            offset = 0
-            while True:
-                chunk = f.read(MAX_PAYLOAD)
-                if not chunk:
-                    break
-                h.update(chunk)
-                if not self._send(data_frame(transfer, offset, chunk), stop):
-                    return False
-                offset += len(chunk)
-        return self._send(end_frame(transfer, h.digest()), stop)
+        return stream.finish()
 
     def open_stream(
         self,
