@@ -263,10 +263,7 @@ class SenderAgent:
             raise
         except OSError as e:
             self.barrier.discard()
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                log.error("disk full while handling a batch of %s/; waiting: %s", state, e)
-                self.ctx.metrics.disk_full.set(1)
-                self.ctx.sleep(1.0)
+            if self._waited_for_space(e, f"a batch of {state}/"):
                 return False
             log.exception("a batch of %d in %s/ failed; taking them one by one", len(ids), state)
         except Exception:
@@ -747,6 +744,15 @@ class SenderAgent:
             # Informational (no state changes with a re-send): written once per batch.
             self.ctx.record_many(records)
 
+    def _waited_for_space(self, e: OSError, what: str) -> bool:
+        """True, after a pause, when `e` says the disk is full: the work stays where it is."""
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return False
+        log.error("disk full while handling %s; waiting for space: %s", what, e)
+        self.ctx.metrics.disk_full.set(1)
+        self.ctx.sleep(1.0)
+        return True
+
     def _guarded(self, state: str, msg_id: str, step: Callable[[str], object]) -> object:
         """One message's step; a failure it causes is its own, never the queue's.
 
@@ -761,10 +767,7 @@ class SenderAgent:
             raise
         except OSError as e:
             self.barrier.discard()
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                log.error("disk full while handling %s; waiting for space: %s", msg_id, e)
-                self.ctx.metrics.disk_full.set(1)
-                self.ctx.sleep(1.0)
+            if self._waited_for_space(e, msg_id):
                 return False
             reason = f"{type(e).__name__}: {e}"
         except Exception as e:
