@@ -565,11 +565,8 @@ def measure(tool: Tool, link: Link, base: dict, loss: float, repeat: int, root: 
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _loss_suffix(loss: float) -> str:

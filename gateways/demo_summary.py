@@ -45,11 +45,8 @@ REQUIRED = {
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _spools(root: Path, flow: DemoFlow) -> list[tuple[str, Spool]]:

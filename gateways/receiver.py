@@ -988,14 +988,11 @@ class ReceiverAgent:
         expected = meta.extra.get("link_sha256")
         if not expected:
             return False
-        h = hashlib.sha256()
         try:
-            with open(entry / ENVELOPE, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
+            digest = _sha256_of(entry / ENVELOPE)
         except OSError:
             return True
-        return not hmac.compare_digest(h.hexdigest(), expected)
+        return not hmac.compare_digest(digest, expected)
 
     def _corrupt_received(self, msg_id: str, meta: MessageMeta, reason: str) -> None:
         qid = new_message_id()
@@ -1205,11 +1202,8 @@ class _Streamed:
 
 
 def _sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @dataclass
@@ -1323,13 +1317,8 @@ def _link_no_clobber(src: Path, target: Path, msg_id: str) -> Path:
 def _find_delivered(target: Path, msg_id: str, sha256: str) -> Path | None:
     stem, dot, ext = target.name.partition(".")
     for candidate in (target, target.with_name(f"{stem} ({msg_id[:12]}){dot}{ext}")):
-        if candidate.exists():
-            h = hashlib.sha256()
-            with open(candidate, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
-            if h.hexdigest() == sha256:
-                return candidate
+        if candidate.exists() and _sha256_of(candidate) == sha256:
+            return candidate
     return None
 
 
