@@ -8,7 +8,7 @@ failed checkpoint; ``tools`` searches, shows, exports, proves and reconciles.
 """
 
 from .checkpoint import Checkpoint, Checkpointer, checkpoint_path, key_id
-from .log import AuditEntry, AuditLog, AuditWriteError, log_files
+from .log import AuditEntry, AuditLog, AuditWriteError, OpenLog, log_files
 from .record import EVENTS, GENESIS_HASH, OUTCOMES, AuditRecord, canonical_bytes, record_hash
 from .verify import VerifyResult, read_records, verify
 
@@ -22,6 +22,7 @@ __all__ = [
     "AuditWriteError",
     "Checkpoint",
     "Checkpointer",
+    "OpenLog",
     "VerifyResult",
     "canonical_bytes",
     "checkpoint_path",

@@ -20,13 +20,13 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .log import AuditWriteError, _fsync_dir, _write_all, segments
+from .log import AuditWriteError, OpenLog, _fsync_dir, _write_all, segments
 from .merkle import TreeFrontier, leaf_hash
 from .record import GENESIS_HASH, MAX_RECORD_BYTES, canonical_bytes, now
 from .syslog import SyslogSender, checkpoint_rfc5424
@@ -223,61 +223,36 @@ class LogTreeReader:
             if base is not None:
                 self.frontier = base.tree()
                 self.last_hash = base.last_hash
-        for first, path in self._files():
-            next_seq = self.frontier.size + 1
-            offset = self._cursor[1] if self._cursor and self._cursor[0] == first else 0
-            if offset == 0 and first > next_seq:
-                raise AuditWriteError(
-                    f"audit log {self.path}: records {next_seq}..{first - 1} are missing"
-                )
-            try:
-                f = open(path, "rb")  # noqa: SIM115 - closed below
-            except FileNotFoundError:
-                continue  # rotated away between listing and opening; picked up next time
-            with f:
-                f.seek(offset)
-                seq = first + (0 if offset == 0 else next_seq - first)
-                while raw := f.readline(MAX_RECORD_BYTES + 1):
-                    if not raw.endswith(b"\n"):
-                        break  # being written: not a record yet
-                    if seq >= next_seq:
-                        problem, digest = check_line(raw, seq, self.last_hash)
-                        if problem is not None:
-                            raise AuditWriteError(
-                                f"audit log {self.path} is damaged at seq {seq}: {problem}; "
-                                "refusing to sign a checkpoint over it"
-                            )
-                        self.frontier.append(leaf_hash(raw[:-1]))
-                        self.last_hash = digest
-                    seq += 1
-                    offset += len(raw)
-            self._cursor = (first, offset)
+        with OpenLog(self.path, from_seq=self.frontier.size + 1) as files:
+            for log_file in files:
+                if log_file.first is not None:
+                    self._read(log_file.first, log_file.file)
 
-    def _files(self) -> list[tuple[int, str]]:
-        """(first seq, path) of the files from the one holding the next record on."""
-        files = list(segments(self.path))
-        current_first = _first_seq(self.path)
-        if current_first is not None:
-            files.append((current_first, self.path))
+    def _read(self, first: int, f: BinaryIO) -> None:
+        """Take in the records of one file (first record ``first``) past those already read."""
         next_seq = self.frontier.size + 1
-        start = 0
-        for i, (first, _) in enumerate(files):
-            if first <= next_seq:
-                start = i
-        return files[start:]
-
-
-def _first_seq(path: str) -> int | None:
-    try:
-        with open(path, "rb") as f:
-            raw = f.readline(MAX_RECORD_BYTES + 1)
-    except FileNotFoundError:
-        return None
-    try:
-        seq = json.loads(raw)["seq"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return seq if isinstance(seq, int) else None
+        offset = self._cursor[1] if self._cursor and self._cursor[0] == first else 0
+        if offset == 0 and first > next_seq:
+            raise AuditWriteError(
+                f"audit log {self.path}: records {next_seq}..{first - 1} are missing"
+            )
+        f.seek(offset)
+        seq = first + (0 if offset == 0 else next_seq - first)
+        while raw := f.readline(MAX_RECORD_BYTES + 1):
+            if not raw.endswith(b"\n"):
+                break  # being written: not a record yet
+            if seq >= next_seq:
+                problem, digest = check_line(raw, seq, self.last_hash)
+                if problem is not None:
+                    raise AuditWriteError(
+                        f"audit log {self.path} is damaged at seq {seq}: {problem}; "
+                        "refusing to sign a checkpoint over it"
+                    )
+                self.frontier.append(leaf_hash(raw[:-1]))
+                self.last_hash = digest
+            seq += 1
+            offset += len(raw)
+        self._cursor = (first, offset)
 
 
 class Checkpointer:

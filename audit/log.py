@@ -28,7 +28,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 from .record import (
     EVENTS,
@@ -452,6 +452,91 @@ def log_files(path: str | os.PathLike[str]) -> list[str]:
     if os.path.exists(path) or not files:
         files.append(os.fspath(path))
     return files
+
+
+@dataclass
+class LogFile:
+    """One file of a log, open. ``first`` is the seq of its first record (None: the current
+    file is empty, or its first line is not yet whole or does not parse)."""
+
+    first: int | None
+    name: str
+    file: BinaryIO
+
+
+class OpenLog:
+    """Every file of a log holding records from ``from_seq`` on, opened as one consistent set.
+
+    Listing the segments and then opening the current file by name races with a rotation in
+    another agent: the name can reach a newer file than the listing saw, so that the segment
+    in between is missed or read at the wrong offset (a reader then reports damage that is not
+    there). The segments are listed before and after the files are opened; when both listings
+    agree, no rotation finished in between, and the open files are the log at one instant.
+    Segments never change once named, so holding them open is enough; the current file only
+    grows.
+    """
+
+    _ATTEMPTS = 100
+
+    def __init__(self, path: str | os.PathLike[str], from_seq: int = 1) -> None:
+        self.path = os.fspath(path)
+        self.files: list[LogFile] = []
+        for _ in range(self._ATTEMPTS):
+            if self._try_open(from_seq):
+                return
+        raise AuditWriteError(
+            f"audit log {self.path} rotated under every one of {self._ATTEMPTS} attempts to read it"
+        )
+
+    def _try_open(self, from_seq: int) -> bool:
+        before = segments(self.path)
+        start = 0
+        for i, (first, _) in enumerate(before):
+            if first <= from_seq:
+                start = i
+        opened: list[LogFile] = []
+        try:
+            for first, name in before[start:]:
+                opened.append(LogFile(first, name, open(name, "rb")))  # noqa: SIM115 - close()
+            try:
+                current = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+            except FileNotFoundError:
+                pass
+            else:
+                opened.append(LogFile(_first_seq_of(current), self.path, current))
+        except FileNotFoundError:
+            pass  # a segment pruned between the listing and the open: list again
+        else:
+            if segments(self.path) == before:
+                self.files = opened
+                return True
+        for f in opened:
+            f.file.close()
+        return False
+
+    def __enter__(self) -> list[LogFile]:
+        return self.files
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for f in self.files:
+            f.file.close()
+        self.files = []
+
+
+def _first_seq_of(f: BinaryIO) -> int | None:
+    """The seq of the first record of an open log file, leaving it at offset 0."""
+    raw = f.readline(MAX_RECORD_BYTES + 1)
+    f.seek(0)
+    if not raw.endswith(b"\n"):
+        return None
+    try:
+        seq = json.loads(raw)["seq"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
 
 
 def _first_record(fd: int) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 inclusion proofs a third party can check, and sender/receiver reconciliation.
 
 Read-only by design (the auditor role changes nothing): every function reads the log files and
-returns data; the command line only formats it. Reads go through ``log_files`` so rotated
+returns data; the command line only formats it. Reads go through ``OpenLog`` so rotated
 segments are covered as one log.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .checkpoint import Checkpoint, checkpoint_path, key_id, read_checkpoints
-from .log import log_files
+from .log import OpenLog
 from .merkle import MerkleTree, leaf_hash, verify_inclusion
 from .syslog import record_rfc5424
 from .verify import VerifyResult, read_records, verify
@@ -38,8 +38,9 @@ __all__ = [
 
 def iter_log(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """Every record of a log, all files in order. Does not verify (``verify`` does)."""
-    for name in log_files(path):
-        yield from read_records(name)
+    with OpenLog(path) as files:
+        for log_file in files:
+            yield from read_records(log_file.file)
 
 
 @dataclass(frozen=True)
@@ -145,9 +146,11 @@ def prove(log: str | os.PathLike[str], msg_id: str) -> list[dict[str, Any]]:
     lines: list[bytes] = []
     tree = MerkleTree()
     wanted: list[int] = []
-    for name in log_files(log):
-        with open(name, "rb") as f:
-            for raw in f:
+    # The checkpoint before the files, so that the files hold at least what it signs.
+    cp = _latest_checkpoint(log)
+    with OpenLog(log) as files:
+        for log_file in files:
+            for raw in log_file.file:
                 if not raw.endswith(b"\n"):
                     break
                 tree.append(leaf_hash(raw[:-1]))
@@ -155,7 +158,6 @@ def prove(log: str | os.PathLike[str], msg_id: str) -> list[dict[str, Any]]:
                 if (obj.get("message") or {}).get("id") == msg_id:
                     wanted.append(tree.size - 1)
                     lines.append(raw[:-1])
-    cp = _latest_checkpoint(log)
     if cp is not None and cp.size > tree.size:
         cp = None  # the log is shorter than its checkpoint: verify will say why
     out = []

@@ -16,12 +16,13 @@ import hmac
 import json
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from .log import log_files
+from .log import AuditWriteError, LogFile, OpenLog
 from .merkle import MerkleTree, leaf_hash, verify_consistency
 from .record import (
     GENESIS_HASH,
@@ -75,35 +76,82 @@ def verify(
     log has at its size (a rewrite), and must be consistent with the one before it in its file
     (an RFC 6962 consistency proof built from the log and checked against both signed roots).
     """
-    from .checkpoint import Base, checkpoint_path, key_id, read_checkpoints
+    from .checkpoint import Base, checkpoint_path, read_checkpoints
+
+    # The head, the checkpoints and the retention base first, then the files: read the other
+    # way round, a rotation or a checkpoint in between could make them name records newer
+    # than the files opened hold (a false "cut from the end"). A prune in between (the base
+    # changed) means the files opened may no longer follow the base read: read again.
+    for _ in range(_ATTEMPTS):
+        head = _read_head(path)
+        sources = [checkpoint_path(path)] if os.path.exists(checkpoint_path(path)) else []
+        sources += [os.fspath(p) for p in checkpoint_files]
+        entries: list[tuple[str, list[tuple[int, Any]]]] = []
+        problem = None
+        for source in sources:
+            try:
+                entries.append((source, list(read_checkpoints(source))))
+            except OSError as exc:
+                problem = f"cannot read checkpoint file {source}: {exc}"
+        try:
+            base = Base.read(path)
+        except ValueError as exc:
+            base, problem = None, str(exc)
+        try:
+            opened = OpenLog(path)
+        except (AuditWriteError, OSError) as exc:
+            return VerifyResult(False, 0, None, f"cannot read the log's files: {exc}", None)
+        with opened as log:
+            try:
+                pruned = Base.read(path) != base
+            except ValueError:
+                pruned = True
+            if pruned and problem is None:
+                continue
+            inputs = _Inputs(head, entries, base, problem)
+            return _verify(path, log, inputs, public_key, require_checkpoints)
+    return VerifyResult(
+        False, 0, None, f"the log was pruned under each of {_ATTEMPTS} attempts to read it", None
+    )
+
+
+_ATTEMPTS = 10
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What ``verify`` reads beside the log's files, before opening them."""
+
+    head: tuple[int, str] | str | None
+    entries: list[tuple[str, list[tuple[int, Any]]]]
+    base: Any  # checkpoint.Base | None (imported late: checkpoint imports this module)
+    problem: str | None
+
+
+def _verify(
+    path: str | os.PathLike[str],
+    log: list[LogFile],
+    inputs: _Inputs,
+    public_key: Ed25519PublicKey | None,
+    require_checkpoints: bool,
+) -> VerifyResult:
+    from .checkpoint import key_id
 
     records = 0
     last_hash: str | None = None
-    files = log_files(path)
+    files = [f.name for f in log] or [os.fspath(path)]
     multi = len(files) > 1
 
     def bad(lineno: int | None, problem: str, **more: Any) -> VerifyResult:
         return VerifyResult(False, records, lineno, problem, last_hash, files=tuple(files), **more)
 
-    head = _read_head(path)
+    head, entries, base = inputs.head, inputs.entries, inputs.base
     if isinstance(head, str):
         return bad(None, head)
+    if inputs.problem is not None:
+        return bad(None, inputs.problem)
     head_hash: str | None = None
     wanted_key = key_id(public_key) if public_key is not None else None
-    # Checkpoints are read first: with a retention base the tree is kept as a frontier only,
-    # and the roots at the checkpoints' sizes must be taken as the stream passes them.
-    sources = [checkpoint_path(path)] if os.path.exists(checkpoint_path(path)) else []
-    sources += [os.fspath(p) for p in checkpoint_files]
-    entries: list[tuple[str, list[tuple[int, Any]]]] = []
-    for source in sources:
-        try:
-            entries.append((source, list(read_checkpoints(source))))
-        except OSError as exc:
-            return bad(None, f"cannot read checkpoint file {source}: {exc}")
-    try:
-        base = Base.read(path)
-    except ValueError as exc:
-        return bad(None, str(exc))
     tree: MerkleTree | None = MerkleTree()
     prev = GENESIS_HASH
     frontier = None
@@ -120,43 +168,37 @@ def verify(
         records = base.size
         prev = base.last_hash
         roots[base.size] = frontier.root()
-    for name in files:
-        try:
-            f = open(name, "rb")  # noqa: SIM115 - closed below; the error paths need the handle
-        except FileNotFoundError:
-            return bad(None, f"no such file: {name}")
-        except OSError as exc:
-            return bad(None, f"cannot read {name}: {exc}")
+    if not log:
+        return bad(None, f"no such file: {os.fspath(path)}")
+    for log_file in log:
+        name, f = log_file.name, log_file.file
         where = f"{os.path.basename(name)} " if multi else ""
-        with f:
-            lineno = 0
-            while True:
-                try:
-                    raw = f.readline(MAX_RECORD_BYTES + 1)
-                except OSError as exc:
-                    return bad(lineno + 1, f"{where}line {lineno + 1}: read error: {exc}")
-                if not raw:
-                    break
-                lineno += 1
-                seq = records + 1
-                problem, this_hash = check_line(raw, seq, prev)
-                if problem is not None:
-                    if multi:
-                        problem = f"{problem} (seq {seq})"
-                    return bad(
-                        lineno, f"{where}line {lineno}: {problem}", first_bad_seq=seq, file=name
-                    )
-                if tree is not None:
-                    tree.append(leaf_hash(raw[:-1]))
-                elif frontier is not None:
-                    frontier.append(leaf_hash(raw[:-1]))
-                    if frontier.size in needed:
-                        roots[frontier.size] = frontier.root()
-                prev = this_hash
-                records = seq
-                last_hash = prev
-                if head is not None and seq == head[0]:
-                    head_hash = this_hash
+        lineno = 0
+        while True:
+            try:
+                raw = f.readline(MAX_RECORD_BYTES + 1)
+            except OSError as exc:
+                return bad(lineno + 1, f"{where}line {lineno + 1}: read error: {exc}")
+            if not raw:
+                break
+            lineno += 1
+            seq = records + 1
+            problem, this_hash = check_line(raw, seq, prev)
+            if problem is not None:
+                if multi:
+                    problem = f"{problem} (seq {seq})"
+                return bad(lineno, f"{where}line {lineno}: {problem}", first_bad_seq=seq, file=name)
+            if tree is not None:
+                tree.append(leaf_hash(raw[:-1]))
+            elif frontier is not None:
+                frontier.append(leaf_hash(raw[:-1]))
+                if frontier.size in needed:
+                    roots[frontier.size] = frontier.root()
+            prev = this_hash
+            records = seq
+            last_hash = prev
+            if head is not None and seq == head[0]:
+                head_hash = this_hash
     if head is not None:
         seq, digest = head
         if seq > records:
@@ -309,13 +351,14 @@ def check_line(raw: bytes, lineno: int, prev: str) -> tuple[str | None, str]:
     return None, obj["hash"]
 
 
-def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+def read_records(source: str | os.PathLike[str] | BinaryIO) -> Iterator[dict[str, Any]]:
     """Yield each record as parsed, for search and reports. Does NOT verify the chain.
 
     Raises ``ValueError`` naming the line for a line that is not a JSON object (including a
-    torn last line), so a report never silently covers less than the file holds.
+    torn last line), so a report never silently covers less than the file holds. ``source``
+    is a path or a file already open (binary), which is read from where it stands.
     """
-    with open(path, "rb") as f:
+    with open(source, "rb") if isinstance(source, (str, os.PathLike)) else nullcontext(source) as f:
         for lineno, raw in enumerate(f, start=1):
             if not raw.endswith(b"\n"):
                 raise ValueError(f"line {lineno}: incomplete last record (truncated write)")

@@ -320,3 +320,49 @@ def test_retention_prunes_old_segments_and_the_log_still_verifies(
     r, res = run_verify(path, key_files)
     assert r.returncode == 1 and res["first_bad_line"] == 1
     assert f"seq {first_kept['seq']}, expected 1" in res["problem"]
+
+
+_WRITER = """
+import sys
+from zonegate.audit import AuditLog
+path, n = sys.argv[1], int(sys.argv[2])
+with AuditLog(path, gateway="gw-city", agent="sender", rotate_bytes=3000) as log:
+    for i in range(n):
+        log.append("sent", message={"id": f"w{i:06d}", "flow": "import", "seq": i, "size": i})
+"""
+
+
+def test_checkpoints_and_verify_keep_up_with_a_log_rotating_under_them(
+    tmp_path: Path, key_files
+) -> None:
+    """Found by the kill -9 storm: a checkpoint taken while another agent rotated the log read
+    the new current file at the old one's offset and called the log damaged. Here another
+    process rotates every few records while this one checkpoints and verifies in a loop."""
+    import subprocess
+    import sys
+
+    key = load_signing_private(key_files.audit_private)
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path, gateway="gw-city", agent="ingest", rotate_bytes=3000) as log:
+        log.append("agent-started", outcome="info")
+    cp = Checkpointer(path, key, "gw-city")
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), "4000"])
+    sizes = []
+    verified = 0
+    try:
+        while writer.poll() is None:
+            sizes.append(cp.checkpoint().size)  # raises AuditWriteError on a false "damaged"
+            result = verify(path)
+            # A live log may end in a line still being written; nothing else may be reported.
+            assert result.ok or "incomplete" in (result.problem or ""), result.problem
+            verified += result.ok
+    finally:
+        writer.kill()
+        writer.wait()
+    assert writer.returncode == 0
+    final = cp.checkpoint()
+    assert final.size == 4001
+    assert len(sizes) > 20 and verified > 10, (len(sizes), verified)
+    assert len(log_files(path)) > 100  # it really did rotate under the reads
+    r, res = run_verify(path, key_files)
+    assert r.returncode == 0 and res["records"] == 4001 and res["checkpoints"] == len(sizes) + 1

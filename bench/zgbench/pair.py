@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from zonegate.audit.log import log_files
+from zonegate.audit.log import OpenLog
 from zonegate.gateways.agent import AgentContext
 from zonegate.gateways.demo import write_gateway_pair
 from zonegate.transfer.ids import is_message_id
@@ -148,9 +148,9 @@ class Pair:
         """
         records: list[dict] = []
         for log in self.audit_logs():
-            for name in log_files(log):
-                with contextlib.suppress(FileNotFoundError), open(name, "rb") as f:
-                    for raw in f:
+            with OpenLog(log) as files:
+                for log_file in files:
+                    for raw in log_file.file:
                         if not raw.endswith(b"\n"):
                             break
                         with contextlib.suppress(ValueError):
