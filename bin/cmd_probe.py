@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 
 from .common import EXIT_FAIL, EXIT_OK, CliError
@@ -61,11 +60,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
             _print_round(results, args.json)
             return EXIT_OK if all(r.up for r in results) else EXIT_FAIL
 
-        def stop(signum: int, frame: object) -> None:
-            agent.stop.set()
+        from ..gateways.agent import stop_on_signals
 
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        stop_on_signals(agent.stop)
         agent.run(lambda results: _print_round(results, args.json))
         return EXIT_OK
     finally:

@@ -49,14 +49,18 @@ class FailClosed(Exception):
 
 
 def stop_on_signals(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT set `stop`; a second signal during the first one's handling is a no-op.
+    """SIGTERM and SIGINT set `stop`, from a short-lived thread, never from the handler itself.
 
-    `Event.set` takes the event's lock. A second signal arriving while the main thread is inside
-    that lock runs its handler right there, and a handler that calls `set` again waits for the
-    lock forever: the process then hangs until it is killed and never writes its final signed
-    checkpoint. That is what a control-group stop does (systemd signals every process, then the
-    supervisor signals its agents). So the first signal makes later ones no-ops before it
-    touches the lock.
+    A handler runs in the main thread between two bytecodes, wherever that thread is, and
+    `Event.set` takes the event's lock. When the main thread is itself inside that lock, the
+    handler's `set` waits for it forever and the process hangs until it is killed, without its
+    final signed checkpoint. The main thread is there at two moments: inside `Event.set` (a
+    second signal during the first one's handling: what a control-group stop does, systemd
+    signalling every process and then the supervisor its agents), and at the end of every
+    `Event.wait` (the supervisor's and the agents' polling loops: once in a while a first
+    SIGTERM lands there; seen in CI as a supervisor that never passed the stop on). So the
+    handler only hands the `set` to a new thread, which waits for the lock while the main
+    thread goes on and lets it go; and later signals are no-ops.
     """
 
     def later(signum: int, frame: object) -> None:
@@ -65,7 +69,7 @@ def stop_on_signals(stop: threading.Event) -> None:
     def first(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, later)
         signal.signal(signal.SIGINT, later)
-        stop.set()
+        threading.Thread(target=stop.set, name="stop-on-signal", daemon=True).start()
 
     signal.signal(signal.SIGTERM, first)
     signal.signal(signal.SIGINT, first)
