@@ -101,6 +101,11 @@ class _FlowLink:
     since_down: list[str] | None = None
     #: envelope bytes held in `recent`
     recent_bytes: int = 0
+    #: the id of `recipient_key`, named in every header sealed for this flow
+    recipient_key_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.recipient_key_id = env.key_id(self.recipient_key)
 
     def remember(self, msg_id: str, size: int) -> None:
         self.recent.append((msg_id, size))
@@ -118,6 +123,7 @@ class SenderAgent:
         self.ctx = ctx
         cfg = ctx.config
         self.signing_key: Ed25519PrivateKey = load_signing_private(cfg.signing_key)
+        self._sender_key_id = env.key_id(self.signing_key.public_key())  # in every header
         self.directory = Directory.from_config(cfg)
         self.links: dict[str, _FlowLink] = {}
         #: envelopes in active/ that this process sealed, with their numbered metadata; any
@@ -470,6 +476,8 @@ class SenderAgent:
         """A large message, on a link that takes an envelope while it is being sealed."""
         if not hasattr(state.link, "open_stream") or not state.link.connected:
             return False
+        if env.max_envelope_length(meta.size, CHUNK_SIZE) <= MEMORY_ENVELOPE:
+            return False  # small whatever its header: not worth building one to find out
         if not (entry / DATA).exists():
             return False
         return env.envelope_length(self._header(meta.replace(seq=1), state)) > MEMORY_ENVELOPE
@@ -559,8 +567,8 @@ class SenderAgent:
             sha256=meta.sha256,
             created=meta.created or utc_now(),
             chunk_size=CHUNK_SIZE,
-            sender_key=env.key_id(self.signing_key.public_key()),
-            recipient_key=env.key_id(state.recipient_key),
+            sender_key=self._sender_key_id,
+            recipient_key=state.recipient_key_id,
             classification=_level(cfg, state.flow.source),
             approvals=_approvals(meta) if state.flow.approval.required else (),
         )

@@ -35,6 +35,7 @@ from zonegate.transfer.envelope import (
     Header,
     envelope_length,
     key_id,
+    max_envelope_length,
     open_envelope,
     read_header,
     seal,
@@ -93,6 +94,7 @@ def sealed(data: bytes, **changes: Any) -> tuple[Header, bytes]:
     out = io.BytesIO()
     written = seal(io.BytesIO(data), out, header, RECIPIENT.public_key(), SENDER)
     assert written == len(out.getvalue()) == envelope_length(header)
+    assert written <= max_envelope_length(len(data), header.chunk_size)
     return header, out.getvalue()
 
 
@@ -299,6 +301,17 @@ def test_round_trip_default_chunk_size_and_unicode_header() -> None:
     assert plaintext == data
     assert opened == header
     assert opened.approvals == ({"officer": "张三", "sig": "ab" * 64},)
+
+
+def test_the_length_bound_holds_for_the_longest_header() -> None:
+    """The sender decides from the bound alone that a message is small (no header built);
+    a header filled to near its limit must still fit under it."""
+    data = os.urandom(3 * CHUNK + 5)
+    approvals = tuple({"officer": f"o{i}", "note": "x" * 3800} for i in range(16))
+    header, blob = sealed(data, approvals=approvals)
+    assert len(header.to_bytes()) > 60000
+    assert len(blob) <= max_envelope_length(len(data), CHUNK)
+    assert max_envelope_length(len(data), CHUNK) - len(blob) < 65536 - 60000 + 1
 
 
 def test_two_seals_of_the_same_message_differ() -> None:

@@ -53,6 +53,7 @@ __all__ = [
     "envelope_length",
     "header_hash",
     "key_id",
+    "max_envelope_length",
     "open_envelope",
     "read_header",
     "seal",
@@ -350,6 +351,21 @@ def chunk_count(size: int, chunk_size: int) -> int:
 
 def _body_length(header: Header) -> int:
     return header.size + TAG_LENGTH * chunk_count(header.size, header.chunk_size)
+
+
+def max_envelope_length(size: int, chunk_size: int) -> int:
+    """The longest envelope any header could give a body of ``size`` bytes in chunks of
+    ``chunk_size``: a bound known before a header is built (the header is at most
+    ``MAX_HEADER_LENGTH`` bytes, everything else is fixed by the size)."""
+    return (
+        _PREAMBLE.size
+        + MAX_HEADER_LENGTH
+        + _WLEN.size
+        + WRAPPED_KEY_LENGTH
+        + size
+        + TAG_LENGTH * chunk_count(size, chunk_size)
+        + SIGNATURE_LENGTH
+    )
 
 
 def envelope_length(header: Header) -> int:
