@@ -12,6 +12,7 @@ the file again, marked as a re-send, and the agent's duplicate check drops it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -171,15 +172,20 @@ class FerryReader:
             work = self.scratch / f"{transfer}-ferry-{self.taken_count}"
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(mode=0o700)
+            # Hashed as it is copied: what came off the link, so that damage in the spool
+            # later is told from a bad envelope (corrupt/, not quarantine/).
+            digest = hashlib.sha256()
             with open(work / ENVELOPE_FILE, "xb") as dst:
-                shutil.copyfileobj(f, dst, _COPY)
+                while block := f.read(_COPY):
+                    digest.update(block)
+                    dst.write(block)
                 dst.flush()
                 os.fsync(dst.fileno())
                 size = dst.tell()
         resend = ".resend-" in name or name in self.pending
         self._mark("P", [name])
         self.handed.append(name)
-        return Arrival(transfer, work, resend, size)
+        return Arrival(transfer, work, resend, size, digest.hexdigest())
 
     def _heartbeat(self) -> LinkNote | None:
         try:
