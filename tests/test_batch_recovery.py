@@ -276,9 +276,11 @@ def test_what_a_receiver_holds_in_memory_stays_within_the_resend_window(tmp_path
     from zonegate.transfer.durable import Barrier
     from zonegate.transfer.link import Arrival
     from zonegate.transfer.zmqlink import in_flight_bound
-    from zonegate.zones.config import DEFAULT_RESEND_WINDOW
+    from zonegate.zones.config import DEFAULT_RESEND_WINDOW, ZMQ_IN_FLIGHT_BYTES
 
     assert in_flight_bound() + receiver_module.MEMORY_BACKLOG < DEFAULT_RESEND_WINDOW
+    # the smallest window a zmq flow's config may set covers it too
+    assert in_flight_bound() + receiver_module.MEMORY_BACKLOG <= ZMQ_IN_FLIGHT_BYTES
     pair = GatewayPair(tmp_path / "gw")
     cfg = load_gateway_config(pair.configs["internal-gw"])
     ctx = AgentContext.open(cfg, "receiver")

@@ -80,7 +80,7 @@ flows:
     policy:
       min_size: 1 KiB
       max_size: 1.5 GB
-    resend_window: 8 MiB
+    resend_window: 60 MiB
   - name: publish
     from: internal
     to: internet
@@ -187,7 +187,7 @@ def test_valid_config_loads_into_expected_objects(gw: Path) -> None:
                 receiver="internal-gw",
                 transport=Transport("zmq", "tcp://127.0.0.1:5601"),
                 policy=Policy(min_size=1024, max_size=1_500_000_000),
-                resend_window=8 * 1024 * 1024,
+                resend_window=60 * 1024 * 1024,
             ),
             Flow(
                 name="publish",
@@ -378,11 +378,18 @@ def test_missing_key_in_list_item_points_at_item(gw: Path) -> None:
             "unknown transport kind 'carrier-pigeon' (expected one of: ferry, sftp, udp, zmq)",
         ),
         (
-            "    resend_window: 8 MiB\n",
+            "    resend_window: 60 MiB\n",
             "    resend_window: 2.5\n",
             "resend_window: 2.5",
             "flows[0].resend_window",
             "got a number with a fraction",
+        ),
+        (
+            "    resend_window: 60 MiB\n",
+            "    resend_window: 8 MiB\n",
+            "resend_window: 8 MiB",
+            "flows[0].resend_window",
+            "less than the 56 MiB a ZeroMQ link can hold in flight",
         ),
     ],
 )

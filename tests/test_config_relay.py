@@ -21,7 +21,7 @@ VIA = """\
 
 def _relayed(text: str = VALID) -> str:
     text = replace_once(text, "metrics:\n", MIRROR_PEER + "metrics:\n")
-    return replace_once(text, "    resend_window: 8 MiB\n", "    resend_window: 8 MiB\n" + VIA)
+    return replace_once(text, "    resend_window: 60 MiB\n", "    resend_window: 60 MiB\n" + VIA)
 
 
 def test_via_gives_route_and_one_hop_links(gw: Path) -> None:

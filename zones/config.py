@@ -76,6 +76,13 @@ TRANSPORT_KINDS: frozenset[str] = frozenset({"zmq", "udp", "ferry", "sftp"})
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 DEFAULT_MAX_SIZE = 64 * 1024**2
 DEFAULT_RESEND_WINDOW = 64 * 1024**2
+#: The most a ZeroMQ link can lose when it drops or its receiver dies: what sits in both ends'
+#: queues and kernel buffers and in one poll (`zmqlink.in_flight_bound`), and what the
+#: receiver holds in memory before it is durable (`receiver.MEMORY_BACKLOG`). Nothing
+#: acknowledges on a one-way link, so the sender re-sends its newest `resend_window` bytes on
+#: reconnect; a smaller window than this could leave a message that was in flight unsent for
+#: good. Tested to cover those two (tests/test_batch_recovery.py).
+ZMQ_IN_FLIGHT_BYTES = 56 * 1024**2
 DEFAULT_SENT_RETENTION = 7 * 86400.0
 #: The three separated roles of a classified system; a person holds exactly one.
 ROLES: tuple[str, ...] = ("administrator", "security-officer", "auditor")
@@ -1246,7 +1253,17 @@ class _Reader:
                 "signed_delivery": False,
                 "via": (),
             }
-            parsed.append(defaults | self.fields(raw, item_path, readers))
+            flow = defaults | self.fields(raw, item_path, readers)
+            if flow["transport"].kind == "zmq" and flow["resend_window"] < ZMQ_IN_FLIGHT_BYTES:
+                raise self.at_value(
+                    (*item_path, "resend_window"),
+                    f"resend_window {flow['resend_window']} bytes is less than the "
+                    f"{ZMQ_IN_FLIGHT_BYTES // 1024**2} MiB a ZeroMQ link can hold in flight: "
+                    "a message in flight when the link drops could then never be sent again; "
+                    f"use at least {ZMQ_IN_FLIGHT_BYTES // 1024**2} MiB (or leave it out: "
+                    f"{DEFAULT_RESEND_WINDOW // 1024**2} MiB)",
+                )
+            parsed.append(flow)
         self.unique(parsed, path, "flow")
         return tuple(
             Flow(
