@@ -104,6 +104,7 @@ class AgentContext:
     metrics: Any  # AgentMetrics; typed loosely to keep this module import-light
     stop: threading.Event = field(default_factory=threading.Event)
     failed: bool = False  # the audit log refused a write: nothing more may move
+    crashed: bool = False  # a stage raised: the agent stopped for it, not because it was told
     checkpointer: Checkpointer | None = None  # None when the config names no audit key
     _checkpoint_thread: threading.Thread | None = None
 
@@ -260,6 +261,7 @@ class AgentContext:
                     self.stop.set()
                 except BaseException:
                     log.exception("%s failed; stopping the agent", threading.current_thread().name)
+                    self.crashed = True
                     self.stop.set()
                     raise
 

@@ -9,6 +9,8 @@ the flows, peers and metrics differ, so those are the parameters.
 
 from __future__ import annotations
 
+import contextlib
+import random
 import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -39,10 +41,48 @@ PAIR_FLOW = "import"
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A loopback port nobody holds right now (TCP by default, `SOCK_DGRAM` for UDP)."""
+    """A loopback port nobody holds right now (TCP by default, `SOCK_DGRAM` for UDP), below
+    the kernel's ephemeral range.
+
+    Why not the port a bind to 0 gives: that one comes from the ephemeral range, and once our
+    probe socket is closed the kernel may hand it to any outgoing connection as its local port
+    before the gateway binds it. Seen in CI: a relay that could never bind its endpoint, and a
+    demo that waited for it until it was killed. Nothing takes a port below the range unless it
+    binds it by number. Ports given out by this process are not given again.
+    """
+    low = _ephemeral_low()
+    if low - _BELOW_EPHEMERAL < 1024:
+        return _probe(kind, 0)  # no room below the range on this machine: take the kernel's
+    for _ in range(500):
+        port = _random.randrange(low - _BELOW_EPHEMERAL, low)
+        if port in _given:
+            continue
+        with contextlib.suppress(OSError):
+            _probe(kind, port)
+            _given.add(port)
+            return port
+    raise OSError(f"no free loopback port in {low - _BELOW_EPHEMERAL}..{low - 1}")
+
+
+#: How many ports below the ephemeral range `free_port` picks from.
+_BELOW_EPHEMERAL = 12000
+_given: set[int] = set()
+_random = random.SystemRandom()
+
+
+def _probe(kind: int, port: int) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("127.0.0.1", port))
         return int(s.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux; 32768 if it cannot be read)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def gateway_config(

@@ -59,7 +59,9 @@ def run_agent(config: GatewayConfig, agent: str) -> int:
     }
     kinds[agent](ctx).run()  # type: ignore[abstract]
     ctx.final_checkpoint()
-    return 3 if ctx.failed else 0
+    # 3: the audit log failed (the supervisor stops the gateway); 1: a stage raised (it is
+    # restarted, and the exit code says so); 0: told to stop.
+    return 3 if ctx.failed else 1 if ctx.crashed else 0
 
 
 @dataclass

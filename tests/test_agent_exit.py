@@ -1,0 +1,42 @@
+"""An agent's exit code says why it stopped, and the ports a demo gives its links stay its own.
+
+Both from one CI failure: a relay whose endpoint port had been taken by another process's
+outgoing connection could never bind it; the agent logged the error and exited 0, the
+supervisor restarted it every 30 s, and the demo waited until it was killed.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import yaml
+from harness import GatewayPair, wait_for
+
+from zonegate.gateways.demo_configs import _ephemeral_low, free_port
+
+
+def test_an_agent_whose_stage_raises_exits_1_not_0(pair: GatewayPair) -> None:
+    cfg = yaml.safe_load(pair.configs["internal-gw"].read_text())
+    endpoint = cfg["flows"][0]["transport"]["endpoint"]  # tcp://127.0.0.1:PORT
+    port = int(endpoint.rsplit(":", 1)[1])
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        pair.start("receiver")
+        wait_for(lambda: not pair.alive("receiver"), 60, "the receiver to give up")
+    assert pair.procs["receiver"].returncode == 1
+    log = (pair.root / "receiver.log").read_text()
+    assert "Address already in use" in log and "stopping the agent" in log
+
+
+def test_free_ports_are_below_the_ephemeral_range_and_not_given_twice() -> None:
+    """Below the range, no outgoing connection is given the port between our probe and the
+    gateway's bind; only a bind by number can take it."""
+    low = _ephemeral_low()
+    tcp = [free_port() for _ in range(40)]
+    udp = [free_port(socket.SOCK_DGRAM) for _ in range(10)]
+    assert len(set(tcp + udp)) == 50
+    assert all(1024 <= p < low for p in tcp + udp), (low, tcp, udp)
+    for p in tcp:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))
