@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from harness import GatewayPair, wait_for
 
+from zonegate.gateways.demo_configs import free_port
 from zonegate.gateways.sftp import listen_file
 from zonegate.transfer.keys import generate_ssh_host_key
 
@@ -22,12 +22,6 @@ ACCOUNTS = {
     "mail": {"flows": ["letters"]},
     "bulk": {"flows": ["import"], "max_file_size": "2 GiB"},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def client_key(path: Path) -> str:

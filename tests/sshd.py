@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from zonegate.gateways.demo_configs import free_port
+
 
 @dataclass(frozen=True)
 class SshServer:
@@ -27,12 +29,6 @@ class SshServer:
         return f"sftp://{self.user}@127.0.0.1:{self.port}{self.drop}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def sshd(tmp_path: Path) -> Iterator[SshServer]:
     d = tmp_path / "sshd"
@@ -42,7 +38,7 @@ def sshd(tmp_path: Path) -> Iterator[SshServer]:
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True
         )
     (d / "authorized_keys").write_text((d / "client.pub").read_text())
-    port = _free_port()
+    port = free_port()
     known = d / "known_hosts"
     host_pub = " ".join((d / "host.pub").read_text().split()[:2])
     known.write_text(f"[127.0.0.1]:{port} {host_pub}\n")

@@ -11,7 +11,6 @@ the receiver really never saw them: a lossy link, not a doctored log.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from pathlib import Path
 
@@ -19,13 +18,8 @@ import pytest
 import zmq
 from harness import GatewayPair, metric_value, wait_for, zg
 
+from zonegate.gateways.demo_configs import free_port
 from zonegate.transfer.linkframe import TAG_BEGIN, TAG_DATA, TAG_END, TAG_WHOLE
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LossyLink:
@@ -82,7 +76,7 @@ def _split_link(pair: GatewayPair) -> tuple[str, str]:
     cfg = pair.configs["internal-gw"]
     text = cfg.read_text()
     old = text.split("endpoint: ")[1].split()[0]
-    new = f"tcp://127.0.0.1:{_free_port()}"
+    new = f"tcp://127.0.0.1:{free_port()}"
     cfg.write_text(text.replace(old, new))
     for gw in ("internet-gw", "internal-gw"):
         c = pair.configs[gw]

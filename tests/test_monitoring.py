@@ -21,6 +21,7 @@ import pytest
 import yaml
 from harness import GatewayPair, metric_value, wait_for
 
+from zonegate.gateways.demo_configs import free_port
 from zonegate.gateways.metrics import AgentMetrics
 from zonegate.gateways.probe import ProbeMetrics
 from zonegate.gateways.submit import submit_files
@@ -52,12 +53,6 @@ def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProces
         check=False,
         cwd=CONFIGS,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- the shipped assets -----------------------------------------------------------------------

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from harness import metric_value, wait_for
 
+from zonegate.gateways.demo_configs import free_port as demo_free_port
 from zonegate.gateways.probe import parse_sip_response, probe_h323, probe_sip, sip_options
 
 INTERVAL = 1.0
@@ -26,9 +27,7 @@ TIMEOUT = 0.5
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return demo_free_port(kind)
 
 
 def write_topology(path: Path, sip_port: int, h323_port: int) -> Path:
