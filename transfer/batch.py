@@ -30,6 +30,7 @@ anything else wrong is ``malformed``. Sans-I/O: bytes in, bytes or views out.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import struct
@@ -145,23 +146,18 @@ def container_header(
     first = items[0]
     if message_id in {h.message_id for h in items}:
         raise ValueError("the container needs an id of its own")
-    return Header(
-        version=first.version,
+    # Everything the messages share comes from the first one (encode checked they share it);
+    # what is the container's own is set here.
+    return dataclasses.replace(
+        first,
         message_id=message_id,
-        flow=first.flow,
-        sequence=first.sequence,
-        sender=first.sender,
-        recipient=first.recipient,
-        system=first.system,
         original_name=f"batch of {len(items)} messages",
         content_type=BATCH_CONTENT_TYPE,
         size=len(plaintext),
         sha256=hashlib.sha256(plaintext).hexdigest(),
         created=created,
-        chunk_size=first.chunk_size,
-        sender_key=first.sender_key,
-        recipient_key=first.recipient_key,
-        classification=first.classification,
+        approvals=(),
+        hops=(),
     )
 
 
