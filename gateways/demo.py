@@ -44,7 +44,7 @@ from .demo_summary import (
     trail,
 )
 from .submit import SubmitError, expand_paths, submit_files
-from .supervisor import agents_for
+from .supervisor import LIFELINE_ENV, agents_for
 
 __all__ = ["KINDS", "DemoError", "run_demo", "write_gateway_pair"]
 
@@ -81,11 +81,20 @@ class _Processes:
 
     def __init__(self) -> None:
         self.running: list[_Process] = []
+        # Each child gets the read end; only the demo holds the write end, so when the demo is
+        # gone (even by SIGKILL, a test's timeout) every gateway reads EOF and stops itself.
+        self._lifeline, self._lifeline_w = os.pipe()
 
     def start(self, name: str, argv: list[str], log: Path) -> _Process:
+        env = {**os.environ, LIFELINE_ENV: str(self._lifeline)}
         with open(log, "ab") as out:
             proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=(self._lifeline,),
+                env=env,
             )
         p = _Process(name, proc, log)
         self.running.append(p)

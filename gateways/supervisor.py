@@ -7,6 +7,7 @@ own core); a crash of one (even kill -9) is repaired by its own recovery on rest
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -18,9 +19,39 @@ from pathlib import Path
 from ..zones.config import GatewayConfig
 from .agent import stop_on_signals
 
-__all__ = ["agents_for", "run_agent", "supervise"]
+__all__ = ["LIFELINE_ENV", "agents_for", "run_agent", "supervise"]
 
 log = logging.getLogger("zonegate.supervisor")
+
+#: Set by a program that starts gateways for its own lifetime only (the demo): the number of an
+#: inherited pipe's read end. When that program is gone, even by SIGKILL, the pipe reads EOF and
+#: the gateway stops as if told to (final checkpoints written), instead of running on orphaned.
+LIFELINE_ENV = "ZONEGATE_LIFELINE_FD"
+
+
+def _watch_lifeline(stop: threading.Event) -> None:
+    """Stop when the lifeline pipe (if this process was given one) reads end of file."""
+    value = os.environ.pop(LIFELINE_ENV, None)  # not for the agents: only we watch it
+    if value is None:
+        return
+    try:
+        fd = int(value)
+        os.fstat(fd)
+    except (ValueError, OSError):
+        log.error("%s=%r names no open file; not watching it", LIFELINE_ENV, value)
+        return
+
+    def watch() -> None:
+        try:
+            while os.read(fd, 4096):
+                pass
+        except OSError:
+            pass
+        if not stop.is_set():
+            log.warning("the program that started this gateway is gone; stopping")
+            stop.set()
+
+    threading.Thread(target=watch, name="lifeline", daemon=True).start()
 
 
 def agents_for(config: GatewayConfig) -> list[str]:
@@ -75,6 +106,7 @@ class _Child:
 def supervise(config_path: Path, agents: list[str]) -> int:
     stop = threading.Event()
     stop_on_signals(stop)
+    _watch_lifeline(stop)
 
     def spawn(agent: str) -> subprocess.Popen[bytes]:
         cmd = [sys.executable, "-m", "zonegate.bin.cli", "run", "--config", str(config_path)]

@@ -40,3 +40,41 @@ def test_free_ports_are_below_the_ephemeral_range_and_not_given_twice() -> None:
     for p in tcp:
         with socket.socket() as s:
             s.bind(("127.0.0.1", p))
+
+
+def test_a_gateway_whose_starter_is_gone_stops_itself(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The demo gives its gateways a lifeline pipe; when the demo dies (SIGKILL: a test's
+    timeout), they read EOF and stop with their final checkpoints, instead of running on."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from zonegate.gateways.demo_configs import write_gateway_pair
+    from zonegate.gateways.supervisor import LIFELINE_ENV
+
+    configs = write_gateway_pair(tmp_path, 1024 * 1024)
+    read_end, write_end = os.pipe()
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "zonegate.bin.cli", "run", "--config", str(configs["internal-gw"])],
+        env={**os.environ, LIFELINE_ENV: str(read_end)},
+        pass_fds=(read_end,),
+        stderr=subprocess.PIPE,
+    )
+    os.close(read_end)
+    try:
+        runtime = tmp_path / "internal-gw" / "spool" / "state" / "receiver.json"
+        wait_for(runtime.exists, 60, "the receiver agent to start")
+        agent_pid = json.loads(runtime.read_text())["pid"]
+        assert gateway.poll() is None
+        os.close(write_end)  # what the kernel does for a starter that is killed
+        assert gateway.wait(60) == 0
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+            gateway.wait()
+    _, err = gateway.communicate()
+    assert b"the program that started this gateway is gone" in err
+    wait_for(lambda: not os.path.exists(f"/proc/{agent_pid}"), 30, "the agent to exit too")
+    log = (tmp_path / "internal-gw" / "audit" / "audit.jsonl").read_text().splitlines()
+    assert json.loads(log[-1])["event"] == "agent-stopped"
