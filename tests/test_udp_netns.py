@@ -48,12 +48,15 @@ def _pair(root: Path, link: OneWayLink, sender_t: dict, receiver_t: dict) -> Gat
     )
 
 
-def _start(pair: GatewayPair) -> None:
+def _start(pair: GatewayPair, port: int = PORT) -> None:
     """Receiver first: a datagram reaching a port nobody has bound yet would make the
-    receiver's kernel answer with ICMP port-unreachable (dropped by the rule, but counted)."""
+    receiver's kernel answer with ICMP port-unreachable (dropped by the rule, but counted).
+    `port`: the receiver agent's own. Behind a forwarder it is not the one the sender sends to;
+    waiting for the forwarder's let the sender start before the receiver was up, and the
+    forwarder then dropped the first messages whole (seen in CI on a loaded machine)."""
     pair.start("receiver")
     ns = pair.netns["receiver"]
-    wait_for(lambda: f":{PORT} " in sh("ss", "-Huln", ns=ns), 20, "the receiver's socket")
+    wait_for(lambda: f":{port} " in sh("ss", "-Huln", ns=ns), 60, "the receiver's socket")
     pair.start("ingest", "sender")
 
 
@@ -229,7 +232,7 @@ def test_five_percent_loss_with_25_percent_redundancy_loses_nothing(
         for name in [n for n in expected if (tmp_path / "src" / n).stat().st_size > 8 * MiB]:
             (tmp_path / "src" / name).unlink()
             del expected[name]
-        _start(pair)
+        _start(pair, PORT + 1)  # the receiver agent, behind the forwarder
         submit_files(pair.outbox, "import", [tmp_path / "src"])
         wait_for(lambda: pair.receiver_spool.depth("delivered") >= len(expected), 120, "all")
         time.sleep(1.5)
@@ -260,7 +263,7 @@ def test_half_loss_reports_exactly_which_messages_were_lost(
     try:
         sizes = [random.Random(9).choice([1 * KiB, 3 * KiB, 40 * KiB]) for _ in range(40)]
         _sources(tmp_path / "src", sizes, seed=6)
-        _start(pair)
+        _start(pair, PORT + 1)  # the receiver agent, behind the forwarder
         submit_files(pair.outbox, "import", [tmp_path / "src"])
 
         def settled() -> bool:
