@@ -21,6 +21,7 @@ import pytest
 from harness import wait_for, zg
 
 from zonegate.audit import AuditLog
+from zonegate.gateways.demo_configs import free_port
 
 RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
 
@@ -32,7 +33,7 @@ TEMPLATE = (
 
 @pytest.fixture
 def rsyslog(tmp_path: Path):
-    port = _free_udp_port()
+    port = free_port(socket.SOCK_DGRAM)
     work = tmp_path / "rsyslog-work"
     work.mkdir()
     out = tmp_path / "received.log"
@@ -70,12 +71,6 @@ def rsyslog(tmp_path: Path):
         sock.close()
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_rfc5424_export_is_parsed_by_rsyslog(rsyslog, tmp_path: Path) -> None:

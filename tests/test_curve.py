@@ -13,6 +13,7 @@ import yaml
 import zmq
 from harness import GatewayPair, seal_test_envelope, wait_for
 
+from zonegate.gateways.demo_configs import free_port
 from zonegate.gateways.submit import submit_files
 from zonegate.transfer.keys import load_curve_public, load_curve_secret
 from zonegate.transfer.zmqlink import CurveKeys, ZmqLinkSender
@@ -59,10 +60,7 @@ class Tap:
 
 
 def _curve_pair(root: Path, tap: bool) -> tuple[GatewayPair, Tap | None]:
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     taps = Tap(port) if tap else None
     send_port = taps.port if taps else port
     keys = "../keys"

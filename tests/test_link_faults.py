@@ -21,6 +21,7 @@ import yaml
 from harness import GatewayPair, metric_value, wait_for
 
 from zonegate.audit.verify import verify
+from zonegate.gateways.demo_configs import free_port
 from zonegate.gateways.submit import submit_files
 
 LINK_DOWN = float(os.environ.get("ZONEGATE_LINK_DOWN_SECONDS") or 20)
@@ -31,10 +32,7 @@ class CuttableLink:
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream = upstream_port
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
+        self.port = free_port()
         self.conns: list[socket.socket] = []
         self.lock = threading.Lock()
         self.listener: socket.socket | None = None

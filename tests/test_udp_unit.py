@@ -23,6 +23,7 @@ import raptorq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from zonegate.gateways.demo_configs import free_port
 from zonegate.transfer import udp_decode, udp_store
 from zonegate.transfer.link import Arrival
 from zonegate.transfer.udp_decode import (
@@ -499,7 +500,7 @@ def test_open_blocks_are_bounded_the_oldest_message_is_given_up(monkeypatch) -> 
 def test_the_sender_falls_back_to_one_datagram_a_send_when_gso_is_refused() -> None:
     """A route whose device cannot take GSO answers EIO; the sender sends the same datagrams
     one by one, for good, and a receiver gets the message whole."""
-    port = _free_udp_port()
+    port = free_port(socket.SOCK_DGRAM)
     t = Transport("udp", f"udp://127.0.0.1:{port}", redundancy=0.25, heartbeat=0.2)
     flow = Flow("import", "internet", "internal", "gw", "rcv", t, Policy(), 0)
     rx = udp_store.UdpEnvelopeReceiver(flow, Path(tempfile.mkdtemp()), 1 << 30)
@@ -536,7 +537,7 @@ def test_a_receiver_that_binds_after_the_sender_started_still_gets_the_message()
     """A heartbeat to a port nobody holds yet comes back as ICMP "port unreachable", which the
     kernel reports on the sender's next send (and drops that send). The sender sends it again
     instead of failing the message (found by the demo: the message went to corrupt/)."""
-    port = _free_udp_port()
+    port = free_port(socket.SOCK_DGRAM)
     t = Transport("udp", f"udp://127.0.0.1:{port}", redundancy=0.25, heartbeat=60)
     flow = Flow("import", "internet", "internal", "gw", "rcv", t, Policy(), 0)
     tx = UdpLinkSender(flow)
@@ -558,12 +559,6 @@ def test_a_receiver_that_binds_after_the_sender_started_still_gets_the_message()
         tx.close()
         if rx is not None:
             rx.close()
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _blocks(pool: EncoderPool | None, data: bytes, params: EncodeParams) -> list[tuple]:
@@ -699,7 +694,7 @@ def test_datagrams_dropped_for_a_decoder_far_behind_are_counted_and_exported(
     from zonegate.zones.config import Address
 
     monkeypatch.setattr(udp_recv, "MAX_QUEUED_BYTES", 16 * 1024)
-    port = _free_udp_port()
+    port = free_port(socket.SOCK_DGRAM)
     t = Transport("udp", f"udp://127.0.0.1:{port}", redundancy=0.25, heartbeat=60)
     flow = Flow("import", "internet", "internal", "gw", "rcv", t, Policy(), 0)
     rx = udp_store.UdpEnvelopeReceiver(flow, Path(tempfile.mkdtemp()), 1 << 30)

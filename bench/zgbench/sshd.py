@@ -19,18 +19,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from zonegate.gateways.demo_configs import free_port  # re-exported for bench/sftp_upload.py
+
 __all__ = ["LocalSshd", "free_port", "keygen", "local_sshd", "wait_port"]
 
 SFTP_SERVER = next(
     (p for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server")
      if os.path.exists(p)), "internal-sftp",
 )  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 30, proc: subprocess.Popen | None = None) -> None:
