@@ -93,10 +93,11 @@ def verify(
                 entries.append((source, list(read_checkpoints(source))))
             except OSError as exc:
                 problem = f"cannot read checkpoint file {source}: {exc}"
+                break  # the first that cannot be read is the one reported
         try:
             base = Base.read(path)
         except ValueError as exc:
-            base, problem = None, str(exc)
+            base, problem = None, problem or str(exc)
         try:
             opened = OpenLog(path)
         except (AuditWriteError, OSError) as exc:
