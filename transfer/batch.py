@@ -91,12 +91,34 @@ def _malformed(detail: str) -> EnvelopeError:
     return EnvelopeError("malformed", f"batch: {detail}")
 
 
-def _check_item(header: Header, first: Header, index: int) -> None:
-    if is_batch(header):
-        raise _malformed(f"message {index} is itself a batch")
-    for name in _SHARED:
-        if getattr(header, name) != getattr(first, name):
-            raise _malformed(f"message {index}'s {name} differs from the batch's")
+class _Checker:
+    """The rules every message of a batch meets, in order; the same for encode and decode."""
+
+    def __init__(self, like: Header, ids: set[str], last_seq: int) -> None:
+        self.like, self.ids, self.last_seq, self.total = like, ids, last_seq, 0
+
+    def header(self, index: int, header: Header) -> None:
+        if is_batch(header):
+            raise _malformed(f"message {index} is itself a batch")
+        for name in _SHARED:
+            if getattr(header, name) != getattr(self.like, name):
+                raise _malformed(f"message {index}'s {name} differs from the batch's")
+        if header.message_id in self.ids:
+            raise _malformed(f"message {index}'s id {header.message_id} is used twice")
+        if header.sequence <= self.last_seq:
+            raise _malformed(f"message {index}'s sequence {header.sequence} does not rise")
+        self.total += header.size
+        if self.total > MAX_BATCH_BYTES:
+            raise _malformed(f"bodies over {MAX_BATCH_BYTES} bytes: not a batch of small messages")
+        self.ids.add(header.message_id)
+        self.last_seq = header.sequence
+
+    @staticmethod
+    def body(index: int, header: Header, body: bytes | memoryview) -> None:
+        if not hmac.compare_digest(hashlib.sha256(body).hexdigest(), header.sha256):
+            raise EnvelopeError(
+                "plaintext-mismatch", f"batch: message {index}'s body is not its header's SHA-256"
+            )
 
 
 def encode(items: Sequence[tuple[Header, bytes | memoryview]]) -> bytes:
@@ -108,31 +130,18 @@ def encode(items: Sequence[tuple[Header, bytes | memoryview]]) -> bytes:
     """
     if not 2 <= len(items) <= MAX_ITEMS:
         raise ValueError(f"a batch holds 2..{MAX_ITEMS} messages, not {len(items)}")
-    first = items[0][0]
-    total = 0
-    ids: set[str] = set()
-    last_seq = 0
+    check = _Checker(items[0][0], set(), 0)
     parts = [MAGIC, _COUNT.pack(len(items))]
     for index, (header, body) in enumerate(items):
-        try:
-            _check_item(header, first, index)
-        except EnvelopeError as exc:
-            raise ValueError(exc.detail) from None
         if len(body) != header.size:
             raise ValueError(
                 f"message {index}: body is {len(body)} bytes, its header says {header.size}"
             )
-        if hashlib.sha256(body).hexdigest() != header.sha256:
-            raise ValueError(f"message {index}: body does not have its header's SHA-256")
-        if header.message_id in ids:
-            raise ValueError(f"message {index}: id {header.message_id} twice in one batch")
-        if header.sequence <= last_seq:
-            raise ValueError(f"message {index}: sequence {header.sequence} does not rise")
-        ids.add(header.message_id)
-        last_seq = header.sequence
-        total += len(body)
-        if total > MAX_BATCH_BYTES:
-            raise ValueError(f"bodies over {MAX_BATCH_BYTES} bytes: not a batch of small messages")
+        try:
+            check.header(index, header)
+            check.body(index, header, body)
+        except EnvelopeError as exc:
+            raise ValueError(exc.detail) from None
         encoded = header.to_bytes()
         parts += [_HLEN.pack(len(encoded)), encoded, bytes(body)]
     return b"".join(parts)
@@ -182,9 +191,7 @@ def decode(data: bytes | bytearray | memoryview, outer: Header) -> list[BatchIte
     if not 2 <= count <= MAX_ITEMS:
         raise _malformed(f"count {count} is outside 2..{MAX_ITEMS}")
     items: list[BatchItem] = []
-    ids = {outer.message_id}
-    last_seq = outer.sequence - 1
-    total = 0
+    check = _Checker(outer, {outer.message_id}, outer.sequence - 1)
     for index in range(count):
         (hlen,) = _unpack(_HLEN, view, at, f"message {index}'s header length")
         at += _HLEN.size
@@ -192,24 +199,14 @@ def decode(data: bytes | bytearray | memoryview, outer: Header) -> list[BatchIte
             raise _malformed(f"message {index}'s header length {hlen} does not fit")
         header = Header.from_bytes(bytes(view[at : at + hlen]))  # malformed if not canonical
         at += hlen
-        _check_item(header, outer, index)
-        if header.message_id in ids:
-            raise _malformed(f"message {index}'s id {header.message_id} is used twice")
-        if header.sequence <= last_seq:
-            raise _malformed(f"message {index}'s sequence {header.sequence} does not rise")
+        check.header(index, header)
         if index == 0 and header.sequence != outer.sequence:
             raise _malformed("the first message's sequence is not the envelope's")
-        total += header.size
-        if total > MAX_BATCH_BYTES or at + header.size > len(view):
+        if at + header.size > len(view):
             raise _malformed(f"message {index}'s body of {header.size} bytes does not fit")
         body = view[at : at + header.size]
         at += header.size
-        if not hmac.compare_digest(hashlib.sha256(body).hexdigest(), header.sha256):
-            raise EnvelopeError(
-                "plaintext-mismatch", f"batch: message {index}'s body is not its header's SHA-256"
-            )
-        ids.add(header.message_id)
-        last_seq = header.sequence
+        check.body(index, header, body)
         items.append(BatchItem(header, body))
     if at != len(view):
         raise _malformed(f"{len(view) - at} bytes after the last message")
