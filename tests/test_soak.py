@@ -22,6 +22,7 @@ SECONDS = float(os.environ.get("ZONEGATE_SOAK_SECONDS") or 300)
 SAMPLE_EVERY = 5.0
 AGENTS = ("ingest", "sender", "receiver")
 LIMIT = 2 * 1024 * 1024  # files above this are refused by policy: part of the mix
+FD_CEILING = 64  # an agent here holds 5 to 8 descriptors; far more at once is a leak or a burst
 
 
 def _sample(pid: int) -> tuple[float, int]:
@@ -97,7 +98,12 @@ def test_soak_memory_and_descriptors_do_not_grow(tmp_path: Path) -> None:
         early = [s[f"{agent}_rss_mib"] for s in steady[:third]]
         late = [s[f"{agent}_rss_mib"] for s in steady[-third:]]
         assert statistics.mean(late) <= statistics.mean(early) * 1.15 + 8, (agent, early, late)
-        fd_early = max(s[f"{agent}_fds"] for s in steady[:third])
-        fd_late = max(s[f"{agent}_fds"] for s in steady[-third:])
-        assert fd_late <= fd_early + 4, (agent, fd_early, fd_late)
+        # A leaked descriptor stays open, so it lifts every later sample, the fewest included;
+        # one held while a message is in work shows in some samples only (a busy CI saw an
+        # ingest agent at 11 descriptors in one sample, 5 whenever it was between messages).
+        # So growth is judged by each third's floor, and bursts by a ceiling no sane agent nears.
+        fds = [s[f"{agent}_fds"] for s in steady]
+        fd_early, fd_late = min(fds[:third]), min(fds[-third:])
+        assert fd_late <= fd_early + 2, (agent, fd_early, fd_late, fds)
+        assert max(fds) <= FD_CEILING, (agent, max(fds), fds)
     print(f"\nsoak: {submitted} messages in {SECONDS:.0f}s; last sample {samples[-1]}")
