@@ -137,7 +137,7 @@ def write_config(root: Path, name: str, cfg: dict[str, Any]) -> Path:
 
 
 def _pair_config(
-    name: str, peer: str, port: int, limit: int, transport: dict | None, curve: bool
+    name: str, peer: str, port: int, limit: int, transport: dict | None, curve: bool, batch: bool
 ) -> dict[str, Any]:
     sender = name == "internet-gw"
     link: dict[str, Any] = {"kind": "zmq", "endpoint": f"tcp://127.0.0.1:{port}"}
@@ -163,6 +163,8 @@ def _pair_config(
         "transport": transport or link,
         "policy": {"min_size": 0, "max_size": limit},
     }
+    if batch:
+        flow["batch"] = True
     return gateway_config(
         name, zone, "municipal-bureau", PAIR_ZONES, [(peer, peer_zone)], metrics, [flow]
     )
@@ -178,13 +180,15 @@ def write_gateway_pair(
     publish_port: int | None = None,
     review_expires: str = "1h",
     curve: bool = False,
+    batch: bool = False,
 ) -> dict[str, Path]:
     """Keys and configs of two gateways under `root`; returns name -> config path.
 
     internet-gw (ingest + sender) and internal-gw (receiver) with the `import` flow: the spine
     the tests and benchmarks run on. `transports` maps a gateway name to its flow's transport
     mapping (default: zmq on loopback). With `curve`, the import link is CurveZMQ-encrypted with
-    the gateways' Curve keys. With `publish`, both also get the demo people (keys under
+    the gateways' Curve keys. With `batch`, small messages of the import flow cross in
+    containers (docs/batch.md). With `publish`, both also get the demo people (keys under
     `root/people`) and the `publish` flow (internal -> internet, two officers' approvals, signed
     delivery); see demo_publish.py.
     """
@@ -196,7 +200,8 @@ def write_gateway_pair(
         publish_port = publish_port or free_port()
     configs = {}
     for name, peer in (("internet-gw", "internal-gw"), ("internal-gw", "internet-gw")):
-        cfg = _pair_config(name, peer, port, limit, (transports or {}).get(name), curve)
+        transport = (transports or {}).get(name)
+        cfg = _pair_config(name, peer, port, limit, transport, curve, batch)
         if publish:
             add_publish_flow(cfg, name, publish_port or 0, limit, review_expires)
         configs[name] = write_config(root, name, cfg)

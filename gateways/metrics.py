@@ -123,6 +123,12 @@ class AgentMetrics:
             ["flow", "stage", "outcome"],
             registry=self.registry,
         )
+        self.containers = Counter(
+            "zonegate_containers",
+            "Container envelopes (many small messages in one) sealed, or opened, by flow.",
+            ["flow"],
+            registry=self.registry,
+        )
         self.bytes = Counter(
             "zonegate_bytes",
             "Payload bytes by flow and stage.",

@@ -61,6 +61,7 @@ from typing import BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from ..transfer import batch as containers
 from ..transfer import envelope as env
 from ..transfer import hops as hop_records
 from ..transfer.approvals import ApprovalRefused, Directory, Subject, Verified, check_approvals
@@ -72,6 +73,7 @@ from ..transfer.durable import (
     replace_durably,
     replace_file,
     start_writeback,
+    write_durably,
     write_new,
 )
 from ..transfer.envelope_stream import StreamOpener, reencrypt_chunks
@@ -81,7 +83,7 @@ from ..transfer.link import Arrival, LinkNote, StreamSink, materialize, open_rec
 from ..transfer.linkframe import Begin
 from ..transfer.names import safe_name
 from ..transfer.publication import companion_paths, make_manifest, sign_manifest
-from ..transfer.spool import ENVELOPE, META, MessageMeta
+from ..transfer.spool import ENVELOPE, META, MessageMeta, SpoolError
 from ..transfer.udp_recv import kernel_rcvbuf_errors
 from ..zones.config import Flow
 from .agent import AgentContext, AuditEntry, FailClosed, crash_point, utc_now
@@ -91,6 +93,8 @@ __all__ = ["BATCH_BYTES", "BATCH_MESSAGES", "ReceiverAgent", "inbox_dirs"]
 
 log = logging.getLogger("zonegate.receiver")
 ENVELOPE_OVERHEAD = 1024 * 1024  # header, wrapped key, per-chunk tags, signature: generous
+#: The largest container plaintext taken (a sender makes them under 1 MiB): opened in memory.
+MAX_CONTAINER_BYTES = 4 * 1024 * 1024
 #: The most messages, and envelope bytes, one delivery batch takes (at least one message).
 BATCH_MESSAGES = 256
 BATCH_BYTES = 16 * 1024 * 1024
@@ -472,18 +476,25 @@ class ReceiverAgent:
     def deliver_batch(self, ids: list[str], barrier: Barrier) -> None:
         """Verify, open and deliver a batch of received/ messages (see `_deliver_opened`)."""
         opened: list[_Opened] = []
+        done: list[str] = []  # containers, removed once each of their messages has its marker
         for msg_id in ids:
             if self.ctx.stop.is_set():
                 break
             with self.ctx.metrics.busy("open"):
-                o = self._open_one(msg_id, barrier)
-            if o is not None:
-                opened.append(o)
+                got, container = self._open_one(msg_id, barrier)
+            opened += got
+            if container:
+                done.append(msg_id)
         with self.ctx.metrics.busy("deliver"):
             self._deliver_opened(opened, barrier)
         for o in opened:
             with contextlib.suppress(FileNotFoundError):
                 (self.ctx.spool.entry("delivered", o.meta.id) / ENVELOPE).unlink()
+        for cid in done:
+            # Its messages are delivered or refused, each on its own; a crash before this
+            # line opens it again and skips them (`_held`).
+            with self.lock:
+                self.ctx.spool.remove("received", cid)
 
     def _deliver_opened(
         self, opened: list[_Opened], barrier: Barrier, progress: _Progress | None = None
@@ -509,12 +520,15 @@ class ReceiverAgent:
         highest: dict[str, int] = {}
         taken: set[Path] = set()
         for o in opened:
+            cid = o.meta.extra.get("batch")
+            in_batch = {"batch": cid} if cid else {}
             if progress is not None:  # came in memory: its link record comes with it
-                records.append(self.ctx.entry("received-on-link", o.link_meta))
+                records.append(self.ctx.entry("received-on-link", o.link_meta, **in_batch))
             records += o.records
             records += self._sequence(o.flow, o.meta.seq, highest)
             hops = o.meta.extra.get("hops")
             extra = {"hops": hops} if hops else {}
+            extra.update(in_batch)
             records.append(self.ctx.entry("delivered", o.meta, path=o.want.name, **extra))
             o.target = _free_name(o.want, o.meta.id, taken)
             taken.add(o.target)
@@ -528,12 +542,13 @@ class ReceiverAgent:
                     "delivered_at": utc_now(),
                 }
             )
-            if progress is None:
+            if progress is None and not o.new_marker:
                 spool.write_meta("received", o.meta.id, o.meta, barrier)
             else:
                 entry = spool.entry("received", o.meta.id)
                 entry.mkdir(mode=0o700)
-                progress.created.append(o.meta.id)
+                if progress is not None:
+                    progress.created.append(o.meta.id)
                 write_new(entry / META, o.meta.to_json(), barrier)
         barrier.dir(spool.dir("received"))
         for flow, seq in highest.items():
@@ -626,11 +641,10 @@ class ReceiverAgent:
                 opened.append(handed)
                 continue
             with self.ctx.metrics.busy("open"):
-                o = self._open_memory(flow, handed, barrier)
-            if o is None:
-                progress.settled.add(handed.transfer)  # refused: in quarantine/ now
-            else:
-                opened.append(o)
+                got = self._open_memory(flow, handed, barrier)
+            if not got:
+                progress.settled.add(handed.transfer)  # refused, or held: nothing to deliver
+            opened += got
         with self.ctx.metrics.busy("deliver"):
             self._deliver_opened(opened, barrier, progress)
 
@@ -659,30 +673,21 @@ class ReceiverAgent:
             if o.flow.signed_delivery:
                 self._sign_publication(o.target, o.meta)
 
-    def _open_memory(self, flow: Flow, arrival: Arrival, barrier: Barrier) -> _Opened | None:
-        """Verify and decrypt an envelope held in memory; None if refused (then quarantined,
-        kept exactly as it came off the link)."""
+    def _open_memory(self, flow: Flow, arrival: Arrival, barrier: Barrier) -> list[_Opened]:
+        """Verify and decrypt an envelope held in memory: its messages (none if it is refused:
+        then quarantined, kept exactly as it came off the link)."""
         started = time.monotonic()
         assert arrival.payload is not None
         link_meta = _link_meta(flow, arrival)
-        records: list[AuditEntry] = []
         try:
             src = io.BytesIO(arrival.payload)
-            header, part = self._verify_and_open_src(src, flow, link_meta, records, barrier)
-            try:
-                approvals = self._check_approvals(flow, header, records)
-            except Refused:
-                part.unlink()
-                raise
+            return self._open_src(src, flow, link_meta, barrier, started, stored=False)
         except Refused as r:
             work = materialize(arrival).directory
             with self.lock:
                 self.ctx.record("received-on-link", link_meta)
                 self._quarantine_dir(work, link_meta, r.code, r.reason, r.event)
-            return None
-        o = self._opened(flow, header, approvals, records, part, started, link_meta.resent)
-        o.link_meta = link_meta
-        return o
+            return []
 
     def _opened(
         self,
@@ -705,9 +710,10 @@ class ReceiverAgent:
         want = new / safe_name(meta.original_name, fallback=header.message_id)
         return _Opened(meta, flow, records, part, want, started)
 
-    def _open_one(self, msg_id: str, barrier: Barrier) -> _Opened | None:
-        """Verify and decrypt one message into its inbox's tmp/; None if it went elsewhere
-        (quarantine, corrupt, or a delivery interrupted by a crash, finished now)."""
+    def _open_one(self, msg_id: str, barrier: Barrier) -> tuple[list[_Opened], bool]:
+        """Verify and decrypt what received/<id> holds into its inbox's tmp/: its messages
+        (none if it went elsewhere: quarantine, corrupt, or a delivery interrupted by a crash,
+        finished now), and whether it was a container (removed once they are delivered)."""
         started = time.monotonic()
         spool = self.ctx.spool
         entry = spool.entry("received", msg_id)
@@ -719,24 +725,19 @@ class ReceiverAgent:
                 # never acknowledged; the sender re-sent it when the connection came back.
                 log.warning("removing received/%s: a delivery from memory never completed", msg_id)
                 shutil.rmtree(entry, ignore_errors=True)
-                return None
+                return [], False
             meta = MessageMeta(id=msg_id, flow="unknown", system="", original_name="")
             self._corrupt_received(msg_id, meta, f"unreadable metadata: {e}")
-            return None
+            return [], False
         if meta.extra.get("delivering_to") or meta.extra.get("delivered_as"):
             self._finish_delivery(msg_id, meta)  # a crash interrupted it: finish, never redo
-            return None
+            return [], False
         flow = self.flows.get(meta.flow)
-        records: list[AuditEntry] = []
         try:
             if flow is None:
                 raise Refused("unknown-flow", f"flow {meta.flow!r} is not received here")
-            header, part = self._verify_and_open(entry, flow, meta, records, barrier)
-            try:
-                approvals = self._check_approvals(flow, header, records)
-            except Refused:
-                part.unlink()
-                raise
+            with open(entry / ENVELOPE, "rb") as src:
+                opened = self._open_src(src, flow, meta, barrier, started, stored=True)
         except Refused as r:
             if self._damaged_on_disk(entry, meta):
                 self._corrupt_received(
@@ -744,23 +745,155 @@ class ReceiverAgent:
                 )
             else:
                 self._quarantine_received(msg_id, meta, r.code, r.reason, r.event)
-            return None
-        o = self._opened(flow, header, approvals, records, part, started, meta.resent)
-        o.link_meta = meta
-        return o
+            return [], False
+        container = not opened or opened[0].meta.id != msg_id
+        return opened, container
 
-    def _verify_and_open(
+    def _open_src(
         self,
-        entry: Path,
+        src: BinaryIO,
         flow: Flow,
-        meta: MessageMeta,
-        records: list[AuditEntry],
+        link_meta: MessageMeta,
         barrier: Barrier,
-    ) -> tuple[env.Header, Path]:
-        """Check and decrypt the envelope into `inbox/<flow>/tmp/<id>.part` (durable when
-        `barrier` commits); the `verified` record goes into `records`."""
-        with open(entry / ENVELOPE, "rb") as src:
-            return self._verify_and_open_src(src, flow, meta, records, barrier)
+        started: float,
+        stored: bool,
+    ) -> list[_Opened]:
+        """The messages an envelope holds, each decrypted into its inbox's tmp/: one, or a
+        container's (`_open_container`); `Refused` when the envelope itself is refused."""
+        records: list[AuditEntry] = []
+        header, part = self._verify_and_open_src(src, flow, link_meta, records, barrier)
+        if part is None:
+            return self._open_container(src, flow, link_meta, header, barrier, started, stored)
+        try:
+            approvals = self._check_approvals(flow, header, records)
+        except Refused:
+            part.unlink()
+            raise
+        o = self._opened(flow, header, approvals, records, part, started, link_meta.resent)
+        o.link_meta = link_meta
+        return [o]
+
+    # -- containers: many small messages in one envelope (docs/batch.md) ------------------
+    def _open_container(
+        self,
+        src: BinaryIO,
+        flow: Flow,
+        link_meta: MessageMeta,
+        header: env.Header,
+        barrier: Barrier,
+        started: float,
+        stored: bool,
+    ) -> list[_Opened]:
+        """Open a container and take each message in it as if it had come alone.
+
+        The container is checked whole (the sender's signature, then the batch format): any
+        fault there refuses all of it. Then each message on its own: a message held here
+        already is a duplicate when the container is a re-send, else a replay; this side's size
+        limits and approvals; a refused one goes to quarantine alone (with a copy of the
+        container as it came, naming which message it was), the others go on. `stored`: the
+        container was taken from received/, where a crash may have left it after some of its
+        messages were delivered; those are skipped, their delivery is finished on its own.
+        """
+        start = src.tell()
+        raw = src.read(MAX_CONTAINER_BYTES + ENVELOPE_OVERHEAD)
+        plaintext = io.BytesIO()
+        try:
+            env.open_envelope(
+                io.BytesIO(raw), plaintext, self.private_key, self._sender_key, header=header
+            )
+            items = containers.decode(plaintext.getbuffer(), header)
+        except env.EnvelopeError as e:
+            raise Refused(e.reason, e.detail) from None
+        finally:
+            src.seek(start)
+        cid = header.message_id
+        self.ctx.metrics.containers.labels(flow.name).inc()
+        inbox_tmp, _new = inbox_dirs(self.ctx.config.inbox, flow.name)
+        opened: list[_Opened] = []
+        duplicates: list[AuditEntry] = []
+        for index, item in enumerate(items):
+            h = item.header
+            item_link = link_meta.replace(id=h.message_id, extra={**link_meta.extra, "batch": cid})
+            records: list[AuditEntry] = []
+            held = self._held(h.message_id, cid)
+            if held == "ours" and stored:
+                continue  # delivered, or being finished, from this very container
+            if held and link_meta.resent:
+                duplicates.append(
+                    self.ctx.entry(
+                        "duplicate",
+                        _meta_from_header(h, resent=1),
+                        outcome="info",
+                        reason="re-send of a held message",
+                        batch=cid,
+                    )
+                )
+                continue
+            try:
+                if held:
+                    raise Refused(
+                        "replay", "message id was already received or delivered", "replay"
+                    )
+                self._check_size(h, flow)
+                approvals = self._check_approvals(flow, h, records)
+            except Refused as r:
+                self._quarantine_item(raw, item_link, h, index, r)
+                continue
+            part = inbox_tmp / f"{h.message_id}.part"
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+            with open_exclusive(part) as dst:
+                dst.write(item.body)
+            barrier.file(part)
+            barrier.dir(part.parent)
+            verified = _meta_from_header(h, resent=link_meta.resent)
+            records.insert(0, self.ctx.entry("verified", verified, batch=cid))
+            o = self._opened(flow, h, approvals, records, part, started, link_meta.resent)
+            o.meta = o.meta.replace(extra={**o.meta.extra, "batch": cid})
+            o.link_meta = item_link
+            o.new_marker = True
+            opened.append(o)
+        if duplicates:
+            self.ctx.record_many(duplicates)
+            self.ctx.metrics.messages.labels(flow.name, "receive", "duplicate").inc(len(duplicates))
+        return opened
+
+    def _held(self, msg_id: str, cid: str) -> str:
+        """Whether a message of a container is held here: "" if not, "ours" if by this very
+        container (its marker names it), "other" if by anything else."""
+        spool = self.ctx.spool
+        if msg_id in self._in_flight:
+            return "other"
+        for state in ("received", "delivered"):
+            entry = spool.entry(state, msg_id)
+            if not entry.exists():
+                continue
+            try:
+                meta = spool.read_meta(state, msg_id)
+            except SpoolError:
+                if state == "received" and not (entry / ENVELOPE).exists():
+                    # A marker begun by a delivery that failed before it was written: nothing.
+                    shutil.rmtree(entry, ignore_errors=True)
+                    continue
+                return "other"
+            return "ours" if meta.extra.get("batch") == cid else "other"
+        return ""
+
+    def _quarantine_item(
+        self, raw: bytes, link_meta: MessageMeta, header: env.Header, index: int, r: Refused
+    ) -> None:
+        """Keep one refused message of a container: the container as it came (the original,
+        signed by the sender), with a meta.json naming the message and why it was refused."""
+        work = self.ctx.spool.dir("tmp/deliver") / f"item-{new_message_id()}"
+        work.mkdir(mode=0o700)
+        write_durably(work / ENVELOPE, raw)
+        meta = _meta_from_header(header, resent=link_meta.resent).replace(
+            extra={**link_meta.extra, "batch_index": index}
+        )
+        with self.lock:
+            self._quarantine_dir(
+                work, meta, r.code, r.reason, r.event, batch=link_meta.extra["batch"], index=index
+            )
 
     def _verify_and_open_src(
         self,
@@ -769,7 +902,7 @@ class ReceiverAgent:
         meta: MessageMeta,
         records: list[AuditEntry],
         barrier: Barrier,
-    ) -> tuple[env.Header, Path]:
+    ) -> tuple[env.Header, Path | None]:
         try:
             hops, offset = hop_records.read_wrapper(src)
             if hops and not flow.via:
@@ -778,6 +911,9 @@ class ReceiverAgent:
         except (env.EnvelopeError, hop_records.HopError) as e:
             raise Refused(e.reason, e.detail) from None
         self._check_header(header, flow, meta.id)
+        if containers.is_batch(header):
+            src.seek(offset)
+            return header, None  # opened in memory by _open_src, its messages one by one
         if flow.via:
             self._check_hops(src, flow, header, hops, offset)
         inbox_tmp, _new = inbox_dirs(self.ctx.config.inbox, flow.name)
@@ -818,6 +954,20 @@ class ReceiverAgent:
             )
         if header.recipient != self.ctx.config.name:
             raise Refused("wrong-recipient", f"addressed to {header.recipient!r}, not us")
+        if containers.is_batch(header):
+            # Its messages are checked one by one once it is open (_open_container).
+            if flow.via:
+                raise Refused("malformed", "a container on a relayed flow (only direct ones)")
+            if header.size > MAX_CONTAINER_BYTES:
+                raise Refused(
+                    "policy-size",
+                    f"a container of {header.size} bytes; at most {MAX_CONTAINER_BYTES} taken",
+                )
+            return
+        self._check_size(header, flow)
+
+    @staticmethod
+    def _check_size(header: env.Header, flow: Flow) -> None:
         if header.size > flow.policy.max_size or header.size < flow.policy.min_size:
             raise Refused(
                 "policy-size",
@@ -1012,12 +1162,14 @@ class ReceiverAgent:
             self._quarantine_dir(work, meta, code, reason, event)
 
     def _quarantine_dir(
-        self, work: Path, meta: MessageMeta, code: str, reason: str, event: str
+        self, work: Path, meta: MessageMeta, code: str, reason: str, event: str, **fields: object
     ) -> None:
         """Keep a refused envelope under a fresh id (a replay reuses an id we already hold)."""
         qid = new_message_id()
         meta = _refused_meta(meta, code, reason)
-        self.ctx.record(event, meta, outcome="refused", reason=f"{code}: {reason}", quarantine=qid)
+        self.ctx.record(
+            event, meta, outcome="refused", reason=f"{code}: {reason}", quarantine=qid, **fields
+        )
         replace_durably(work / META, meta.to_json())
         durable_rename(work, self.ctx.spool.entry("quarantine", qid))
         self._count_refusal(meta, code, qid)
@@ -1071,7 +1223,7 @@ class _Streamed:
             length,
             agent.private_key,
             agent._sender_key,
-            check_header=lambda h: agent._check_header(h, flow, msg_id),
+            check_header=partial(_check_streamed_header, agent, flow, msg_id),
         )
         if mode == "open":
             with contextlib.suppress(FileNotFoundError):
@@ -1201,6 +1353,12 @@ class _Streamed:
         return Arrival(self.msg_id, self.work, self.resend, self.length, digest)
 
 
+def _check_streamed_header(agent: ReceiverAgent, flow: Flow, msg_id: str, h: env.Header) -> None:
+    agent._check_header(h, flow, msg_id)
+    if containers.is_batch(h):  # a sender seals them small, to go whole, in one frame
+        raise Refused("malformed", "a container must come whole, not streamed")
+
+
 def _sha256_of(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -1223,6 +1381,8 @@ class _Opened:
     #: of one streamed: its envelope, rebuilt into the scratch dir as it came (a fallback)
     rebuild: Callable[[], Arrival] | None = None
     size: int = 0  # of one streamed: its envelope's length (what the backlog counts)
+    #: of one from a container: no received/<id>/ of its own yet, its marker makes one
+    new_marker: bool = False
 
 
 #: what the link stage hands the deliver stage: an envelope in memory, or one opened as it came

@@ -41,9 +41,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import hmac
 import io
 import logging
 import os
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable
@@ -54,9 +57,10 @@ from typing import BinaryIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
+from ..transfer import batch as containers
 from ..transfer import envelope as env
 from ..transfer.approvals import ApprovalRefused, Directory, check_approvals
-from ..transfer.durable import Barrier, fsync_dir, replace_file, start_writeback
+from ..transfer.durable import Barrier, fsync_dir, replace_file, start_writeback, write_new
 from ..transfer.keys import load_encryption_public, load_signing_private
 from ..transfer.link import LinkBroken, LinkSender, LinkStream, open_sender
 from ..transfer.spool import DATA, ENVELOPE, META, MessageMeta, SpoolError
@@ -81,6 +85,20 @@ MEMORY_ENVELOPE = 1024 * 1024
 MEMORY_BYTES = 32 * 1024 * 1024
 #: while a large envelope is written, the disk is started on it every this many bytes
 WRITEBACK_EVERY = 32 * 1024 * 1024
+#: A message of a `batch: true` flow this small or smaller may go in a container with others;
+#: a container's plaintext (bodies and inner headers) stays under CONTAINER_BYTES, so it is
+#: sealed and opened in memory and crosses a link as one frame.
+BATCH_ITEM_MAX = 64 * 1024
+CONTAINER_BYTES = 512 * 1024
+#: what an inner header is counted as when a container is filled (its JSON is 500-700 bytes;
+#: each approval adds about 400): an estimate, CONTAINER_BYTES is far below what must not be passed
+_HEADER_ESTIMATE = 1024
+_APPROVAL_ESTIMATE = 512
+#: the fields of a message a container's meta.json keeps for each of its messages
+_ITEM_FIELDS = (
+    "id", "seq", "system", "original_name", "size", "sha256", "content_type", "created",
+    "classification",
+)  # fmt: skip
 #: The envelope chunk: with its tag it fits one link frame (linkframe.MAX_PAYLOAD, 1 MiB), so
 #: a receiver opening an envelope as it comes decrypts each frame as it is, without a copy.
 CHUNK_SIZE = 512 * 1024
@@ -164,6 +182,10 @@ class SenderAgent:
                 header, _length = env.read_header(f)
                 if header.flow == flow:
                     seq = max(seq, header.sequence)
+                if header.flow == flow and containers.is_batch(header):
+                    # numbered in its header from its first message; its meta.json lists all
+                    items = self.ctx.spool.read_meta("active", msg_id).extra["batch"]
+                    seq = max(seq, *(int(item["seq"]) for item in items))
         return seq
 
     # -- main loop ----------------------------------------------------------------------
@@ -189,6 +211,21 @@ class SenderAgent:
         between the move into active/ and the unlink) is removed, so only ciphertext stays.
         """
         spool = self.ctx.spool
+        # A container begun and not moved into active/ was never durable: its messages are
+        # still in ready/, sealed again now. One in active/ holds its messages: any of them
+        # still in ready/ (a crash between the move and their removal) is removed.
+        scratch = spool.dir("tmp/seal")
+        scratch.mkdir(mode=0o700, exist_ok=True)  # a spool made before containers existed
+        for name in os.listdir(scratch):
+            shutil.rmtree(scratch / name, ignore_errors=True)
+        for msg_id in spool.ids("active"):
+            with contextlib.suppress(Exception):
+                items = spool.read_meta("active", msg_id).extra.get("batch") or ()
+                for item in items:
+                    entry = spool.entry("ready", item["id"])
+                    if entry.exists():
+                        shutil.rmtree(entry)
+                        self.barrier.dir(spool.dir("ready"))
         for msg_id in spool.ids("ready"):
             entry = spool.entry("ready", msg_id)
             if not (entry / DATA).exists() and (entry / ENVELOPE).exists():
@@ -302,8 +339,10 @@ class SenderAgent:
             retention = state.flow.sent_retention if state else 0.0
             if age < retention:
                 continue
-            self.ctx.record(
-                "expired", meta, outcome="info", reason="sent envelope removed after retention"
+            self.ctx.record_many(
+                self._records(
+                    "expired", meta, outcome="info", reason="sent envelope removed after retention"
+                )
             )
             spool.remove("sent", msg_id)
             removed += 1
@@ -374,11 +413,17 @@ class SenderAgent:
         self.seal_batch([msg_id])
 
     def seal_batch(self, ids: list[str]) -> None:
-        """Seal messages of ready/ and move them to active/, each after its `sealed` record."""
+        """Seal messages of ready/ and move them to active/, each after its `sealed` record.
+
+        On a `batch: true` flow, its small messages are sealed together into one container
+        (`_seal_container`); numbers still follow the order of the ids, so a message of that
+        flow that cannot join the container waits for the next batch."""
         spool = self.ctx.spool
         barrier = self.barrier
         sealed: list[MessageMeta] = []
         last_seq: dict[str, int] = {}
+        groups: dict[str, list[MessageMeta]] = {}
+        group_bytes: dict[str, int] = {}
         for msg_id in ids:
             if self.ctx.stop.is_set():
                 break
@@ -392,38 +437,39 @@ class SenderAgent:
                 continue
             entry = spool.entry("ready", msg_id)
             if self._streams(meta, state, entry):
-                if not sealed:  # alone, in order: what came before it is sealed already
+                if not sealed and not groups:  # alone, in order: what came before is sealed
                     self._seal_while_sending(meta, state)
                 break
-            if meta.extra.get("streaming") and meta.seq:
-                # Began to go out sealed while sent: it keeps its number, and is a re-send.
-                meta = meta.replace(resent=1)
-            else:
-                # Numbered only once sealed: a message that cannot be sealed takes no number.
-                meta = meta.replace(seq=last_seq.get(meta.flow, state.seq) + 1)
-            try:
-                sealed_bytes = self._seal_to(entry / DATA, entry / ENVELOPE, meta, state)
-            except OSError as e:
-                if e.errno in (errno.ENOSPC, errno.EDQUOT) and sealed:
-                    break  # move on what is sealed; the rest waits for space
-                if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise
-                self._corrupt("ready", msg_id, meta, f"cannot seal: {e}")
+            if self._batchable(meta, state):
+                group = groups.setdefault(meta.flow, [])
+                cost = meta.size + _HEADER_ESTIMATE
+                cost += _APPROVAL_ESTIMATE * len(meta.extra.get("approvals") or ())
+                total = group_bytes.get(meta.flow, 0) + cost
+                if len(group) >= containers.MAX_ITEMS or (group and total > CONTAINER_BYTES):
+                    break  # full: the rest of the flow goes in the next batch's container
+                group.append(meta)
+                group_bytes[meta.flow] = total
                 continue
-            except env.EnvelopeError as e:
-                self._corrupt("ready", msg_id, meta, f"cannot seal: {e}")
+            if meta.flow in groups:
+                break  # after a container's messages: it must take a higher number than they
+            if not self._seal_single(meta, state, last_seq, sealed):
+                break
+        built: list[tuple[MessageMeta, list[MessageMeta], Path]] = []
+        for flow, group in groups.items():
+            state = self.links[flow]
+            readable = self._read_bodies(group)
+            if len(readable) >= 2:
+                built.append(self._seal_container(readable, state, last_seq))
                 continue
-            barrier.file(entry / ENVELOPE)
-            barrier.dir(entry)
-            self._forget_bytes(meta.id)  # what an earlier, failed attempt kept
-            if sealed_bytes is not None:
-                self._in_memory[meta.id] = sealed_bytes
-                self._in_memory_bytes += len(sealed_bytes)
-            last_seq[meta.flow] = max(last_seq.get(meta.flow, state.seq), meta.seq)
-            sealed.append(meta)
-        if not sealed:
+            for meta, _body in readable:
+                if not self._seal_single(meta, state, last_seq, sealed):
+                    break
+        if not sealed and not built:
             return
-        self.ctx.record_many([self.ctx.entry("sealed", meta) for meta in sealed])
+        records = [self.ctx.entry("sealed", meta) for meta in sealed]
+        for container, items, _work in built:
+            records += [self.ctx.entry("sealed", m, batch=container.id) for m in items]
+        self.ctx.record_many(records)
         # Envelopes and numbered metadata durable before anything reaches active/: a message
         # in active/ always has its number and its envelope.
         barrier.commit()
@@ -437,6 +483,20 @@ class SenderAgent:
             (target / DATA).unlink()  # past this point only ciphertext stays in the spool
             barrier.dir(target)
             self._sealed_here[meta.id] = meta
+        if built:
+            for container, _items, work in built:
+                os.rename(work, spool.entry("active", container.id))
+                barrier.dir(spool.dir("active"))
+                barrier.dir(work.parent)
+                self._sealed_here[container.id] = container
+            # A container is durable in active/ before its messages leave ready/: a crash in
+            # between finds them named in it, and they are removed then (_recover_active).
+            barrier.commit()
+            crash_point("sender-batched")
+            for _container, items, _work in built:
+                for m in items:
+                    shutil.rmtree(spool.entry("ready", m.id))
+            barrier.dir(spool.dir("ready"))
         # The counter follows the moves (as for one message): a crash before them leaves the
         # batch in ready/, numbered again from the same counter, so no number is skipped; one
         # after them finds the numbers in active/ (_load_seq).
@@ -445,6 +505,142 @@ class SenderAgent:
         barrier.commit()
         for meta in sealed:
             self.ctx.metrics.messages.labels(meta.flow, "seal", "ok").inc()
+        for container, items, _work in built:
+            self.ctx.metrics.messages.labels(container.flow, "seal", "ok").inc(len(items))
+            self.ctx.metrics.containers.labels(container.flow).inc()
+
+    def _seal_single(
+        self,
+        meta: MessageMeta,
+        state: _FlowLink,
+        last_seq: dict[str, int],
+        sealed: list[MessageMeta],
+    ) -> bool:
+        """Seal one message of ready/ into its own envelope (not yet durable), numbered next;
+        False when the batch must stop here (the disk is full: what is sealed moves on)."""
+        entry = self.ctx.spool.entry("ready", meta.id)
+        if meta.extra.get("streaming") and meta.seq:
+            # Began to go out sealed while sent: it keeps its number, and is a re-send.
+            meta = meta.replace(resent=1)
+        else:
+            # Numbered only once sealed: a message that cannot be sealed takes no number.
+            meta = meta.replace(seq=last_seq.get(meta.flow, state.seq) + 1)
+        try:
+            sealed_bytes = self._seal_to(entry / DATA, entry / ENVELOPE, meta, state)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT) and sealed:
+                return False  # move on what is sealed; the rest waits for space
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self._corrupt("ready", meta.id, meta, f"cannot seal: {e}")
+            return True
+        except env.EnvelopeError as e:
+            self._corrupt("ready", meta.id, meta, f"cannot seal: {e}")
+            return True
+        self.barrier.file(entry / ENVELOPE)
+        self.barrier.dir(entry)
+        self._forget_bytes(meta.id)  # what an earlier, failed attempt kept
+        if sealed_bytes is not None:
+            self._in_memory[meta.id] = sealed_bytes
+            self._in_memory_bytes += len(sealed_bytes)
+        last_seq[meta.flow] = max(last_seq.get(meta.flow, state.seq), meta.seq)
+        sealed.append(meta)
+        return True
+
+    # -- containers: many small messages in one envelope (docs/batch.md) ------------------
+    def _batchable(self, meta: MessageMeta, state: _FlowLink) -> bool:
+        flow = state.flow
+        return (
+            flow.batch
+            and not flow.via
+            and meta.size <= BATCH_ITEM_MAX
+            and not (meta.extra.get("streaming") and meta.seq)
+        )
+
+    def _read_bodies(self, group: list[MessageMeta]) -> list[tuple[MessageMeta, bytes]]:
+        """Each message's plaintext, checked against what ingest recorded of it; one that
+        changed on disk since goes to corrupt/ (as sealing it alone would have found)."""
+        out = []
+        for meta in group:
+            path = self.ctx.spool.entry("ready", meta.id) / DATA
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                with os.fdopen(fd, "rb") as f:
+                    body = f.read(BATCH_ITEM_MAX + 1)
+            except OSError as e:
+                self._corrupt("ready", meta.id, meta, f"cannot seal: {e}")
+                continue
+            if len(body) != meta.size or not hmac.compare_digest(
+                hashlib.sha256(body).hexdigest(), meta.sha256
+            ):
+                reason = "cannot seal: plaintext-mismatch: the spool copy differs from ingest's"
+                self._corrupt("ready", meta.id, meta, reason)
+                continue
+            out.append((meta, body))
+        return out
+
+    def _seal_container(
+        self, group: list[tuple[MessageMeta, bytes]], state: _FlowLink, last_seq: dict[str, int]
+    ) -> tuple[MessageMeta, list[MessageMeta], Path]:
+        """Seal messages of one flow into one container in `tmp/seal/<id>/` (not yet durable).
+
+        Each keeps its own header inside (number, name, digest, approvals); the container's
+        own id sorts right after its last message's, so that active/ lists it where those
+        messages were and envelopes still leave in the order of their numbers."""
+        flow = state.flow.name
+        base = last_seq.get(flow, state.seq)
+        items = [meta.replace(seq=base + i + 1) for i, (meta, _body) in enumerate(group)]
+        headers = [self._header(meta, state) for meta in items]
+        bodies = [body for _meta, body in group]
+        plaintext = containers.encode(list(zip(headers, bodies, strict=True)))
+        cid = _container_id(items[-1].id)
+        header = containers.container_header(
+            headers, message_id=cid, created=utc_now(), plaintext=plaintext
+        )
+        sealed = io.BytesIO()
+        env.seal(io.BytesIO(plaintext), sealed, header, state.recipient_key, self.signing_key)
+        data = sealed.getvalue()
+        work = self.ctx.spool.dir("tmp/seal") / cid
+        shutil.rmtree(work, ignore_errors=True)  # what a crashed run began
+        work.mkdir(mode=0o700)
+        meta = MessageMeta(
+            id=cid,
+            flow=flow,
+            system=items[0].system,
+            original_name=header.original_name,
+            size=header.size,
+            sha256=header.sha256,
+            content_type=header.content_type,
+            created=header.created,
+            seq=header.sequence,
+            classification=header.classification,
+            extra={"batch": [{k: getattr(m, k) for k in _ITEM_FIELDS} for m in items]},
+        )
+        write_new(work / ENVELOPE, data, self.barrier)
+        write_new(work / META, meta.to_json(), self.barrier)
+        self.barrier.dir(work.parent)
+        self._forget_bytes(cid)
+        if self._in_memory_bytes < MEMORY_BYTES:
+            self._in_memory[cid] = data
+            self._in_memory_bytes += len(data)
+        last_seq[flow] = items[-1].seq
+        return meta, items, work
+
+    def _records(self, event: str, meta: MessageMeta, **fields: object) -> list[AuditEntry]:
+        """The audit records of an event for what an envelope holds: one, or one for each
+        message of a container (naming it), so every message keeps its own trail."""
+        items = meta.extra.get("batch")
+        if not items:
+            return [self.ctx.entry(event, meta, **fields)]  # type: ignore[arg-type]
+        return [
+            self.ctx.entry(  # type: ignore[arg-type]
+                event,
+                MessageMeta(flow=meta.flow, resent=meta.resent, **item),
+                batch=meta.id,
+                **fields,
+            )
+            for item in items
+        ]
 
     def _approved(self, spool_state: str, meta: MessageMeta, state: _FlowLink) -> bool:
         """Enough valid approvals for the flow, or quarantine (audit record and metric first)."""
@@ -653,7 +849,7 @@ class SenderAgent:
         if not sent:
             return False
         self.ctx.record_many(
-            [self.ctx.entry("resent" if m.resent else "sent", m) for m, _started in sent]
+            [r for m, _started in sent for r in self._records("resent" if m.resent else "sent", m)]
         )
         crash_point("sender-sent")
         for meta, _started in sent:
@@ -668,7 +864,7 @@ class SenderAgent:
             size = (spool.entry("sent", meta.id) / ENVELOPE).stat().st_size
             self.links[meta.flow].remember(meta.id, size)
             outcome = "resent" if meta.resent else "sent"
-            self.ctx.metrics.messages.labels(meta.flow, "send", outcome).inc()
+            self.ctx.metrics.messages.labels(meta.flow, "send", outcome).inc(_messages_in(meta))
             self.ctx.metrics.bytes.labels(meta.flow, "send").inc(size)
             self.ctx.metrics.observe_stage(meta.flow, "send", started)
         return True
@@ -741,10 +937,12 @@ class SenderAgent:
                 if not ok:
                     state.resend = todo[i:] + state.resend
                     return
-                records.append(
-                    self.ctx.entry("resent", meta, outcome="info", reason="link re-established")
+                records += self._records(
+                    "resent", meta, outcome="info", reason="link re-established"
                 )
-                self.ctx.metrics.messages.labels(meta.flow, "send", "resent").inc()
+                self.ctx.metrics.messages.labels(meta.flow, "send", "resent").inc(
+                    _messages_in(meta)
+                )
                 if len(records) >= BATCH_MESSAGES:
                     self.ctx.record_many(records)
                     records = []
@@ -808,8 +1006,10 @@ class SenderAgent:
         spool = self.ctx.spool
         self._sealed_here.pop(msg_id, None)
         self._forget_bytes(msg_id)
-        fields = meta if meta is not None else {"id": msg_id}
-        self.ctx.record("corrupt", fields, outcome="error", reason=reason)
+        if meta is not None:
+            self.ctx.record_many(self._records("corrupt", meta, outcome="error", reason=reason))
+        else:
+            self.ctx.record("corrupt", {"id": msg_id}, outcome="error", reason=reason)
         with contextlib.suppress(Exception):
             if meta is not None:
                 spool.write_meta(state, msg_id, meta.replace(reason_code="corrupt", reason=reason))
@@ -839,6 +1039,15 @@ class _Tee:
             self.out.flush()
             start_writeback(self.out.fileno(), 0, 0)
         return n
+
+
+def _container_id(last: str) -> str:
+    """An id one above `last`: it sorts right after it, and is new (ids end in 80 random bits)."""
+    return f"{(int(last, 16) + 1) % 2**128:032x}"
+
+
+def _messages_in(meta: MessageMeta) -> int:
+    return len(meta.extra.get("batch") or ()) or 1
 
 
 def _approvals(meta: MessageMeta) -> tuple[dict, ...]:

@@ -62,11 +62,13 @@ class GatewayPair:
         limit: int = 128 * 1024**2,
         transports: dict[str, dict] | None = None,
         netns: dict[str, str] | None = None,
+        batch: bool = False,
     ) -> None:
-        """`netns` maps an agent to the network namespace its process runs in."""
+        """`netns` maps an agent to the network namespace its process runs in; `batch` puts
+        small messages into containers (docs/batch.md)."""
         self.root = root
         self.netns = netns or {}
-        self.configs = write_gateway_pair(root, limit, transports=transports)
+        self.configs = write_gateway_pair(root, limit, transports=transports, batch=batch)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.sender_spool = Spool(root / "internet-gw" / "spool")
         self.receiver_spool = Spool(root / "internal-gw" / "spool")

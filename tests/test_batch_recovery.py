@@ -43,11 +43,18 @@ SIZES = {
     "small": (40, [0, 1, 1024, 70_000]),
     "large": (4, [1_200_000, 2_500_000]),
     "ferry": (20, [0, 1024, 70_000]),
+    # `batch: true`: the small ones go in containers (up to 64 KiB each), the 70,000-byte ones
+    # alone, in between; over zmq in memory, and over the ferry stored in received/ first
+    "batched": (60, [0, 1, 1024, 70_000, 30_000]),
+    "batched-ferry": (30, [0, 1024, 70_000, 5_000]),
 }
 CASES = [(a, p, "small") for a, points in POINTS.items() for p in points]
 CASES += [("sender", p, "large") for p in ("sender-streaming", "sender-streamed")]
 CASES += [("receiver", p, "large") for p in ["receiver-streamed", *POINTS["receiver"][1:]]]
 CASES += [("receiver", p, "ferry") for p in POINTS["receiver"]]
+CASES += [("sender", p, "batched") for p in ("sender-sealed", "sender-batched", "sender-sent")]
+CASES += [("receiver", p, "batched") for p in POINTS["receiver"][1:]]
+CASES += [("receiver", p, "batched-ferry") for p in POINTS["receiver"]]
 
 
 def _sources(directory: Path, kind: str) -> dict[str, str]:
@@ -61,6 +68,10 @@ def _sources(directory: Path, kind: str) -> dict[str, str]:
     return out
 
 
+def _size(tmp_path: Path, name: str) -> int:
+    return (tmp_path / "src" / name).stat().st_size
+
+
 def _records(pair: GatewayPair, gateway: str) -> list[dict]:
     return [json.loads(x) for x in pair.audit_log(gateway).read_text().splitlines()]
 
@@ -70,10 +81,10 @@ def test_a_batch_killed_at_any_point_is_finished_once(
     tmp_path: Path, agent: str, point: str, kind: str
 ) -> None:
     transports = None
-    if kind == "ferry":
+    if kind.endswith("ferry"):
         t = {"kind": "ferry", "endpoint": str(tmp_path / "ferry")}
         transports = {"internet-gw": t, "internal-gw": t}
-    pair = GatewayPair(tmp_path / "gw", transports=transports)
+    pair = GatewayPair(tmp_path / "gw", transports=transports, batch=kind.startswith("batched"))
     try:
         _killed_and_finished(pair, tmp_path, agent, point, kind)
     finally:
@@ -107,6 +118,8 @@ def _killed_and_finished(
     pair.start(agent)
     wait_for(lambda: pair.receiver_spool.depth("delivered") >= n_files, 120, "every delivery")
     wait_for(lambda: pair.sender_spool.depth("active") == 0, 30, "active/ to drain")
+    # A container leaves received/ after its messages reached delivered/.
+    wait_for(lambda: pair.receiver_spool.depth("received") == 0, 30, "received/ to drain")
     names = sorted(p.name for p in pair.inbox_new.iterdir())
     assert names == sorted(expected), f"{point}: lost or duplicated files"
     for name, digest in expected.items():
@@ -128,6 +141,19 @@ def _killed_and_finished(
     delivered = [r for r in _records(pair, "internal-gw") if r["event"] == "delivered"]
     seqs = sorted({r["message"]["seq"] for r in delivered})
     assert seqs == list(range(1, n_files + 1)), f"{point}: sequence numbers {seqs[:5]}..."
+    if kind.startswith("batched"):
+        # Containers were used, each small message named by one, and each delivered once.
+        # (A small one alone between two large ones is sealed alone.)
+        in_batch = [r for r in delivered if r.get("extra", {}).get("batch")]
+        small = {n for n in expected if _size(tmp_path, n) <= 64 * 1024}
+        assert {r["message"]["name"] for r in in_batch} <= small
+        assert len(in_batch) >= len(small) // 2, (len(in_batch), len(small))
+        assert len({r["extra"]["batch"] for r in in_batch}) >= 2
+        assert len({r["message"]["id"] for r in delivered}) == n_files
+        sent = [r for r in _records(pair, "internet-gw") if r["event"] == "sealed"]
+        assert {r["message"]["id"] for r in sent if r.get("extra", {}).get("batch")} == {
+            r["message"]["id"] for r in in_batch
+        }
 
 
 # -- unit tests of the batch paths -----------------------------------------------------------

@@ -41,7 +41,7 @@ STATES: tuple[str, ...] = (
     "corrupt",
 )
 #: Scratch areas; never a message state. Each agent has its own so recovery is unambiguous.
-SCRATCH: tuple[str, ...] = ("tmp/ingest", "tmp/link", "tmp/deliver", "state")
+SCRATCH: tuple[str, ...] = ("tmp/ingest", "tmp/link", "tmp/deliver", "tmp/seal", "state")
 
 META = "meta.json"
 DATA = "data"

@@ -312,6 +312,8 @@ class Flow:
     signed_delivery: bool = False
     #: relay gateways between sender and receiver, in order (empty: a direct link)
     via: tuple[Hop, ...] = ()
+    #: the sender seals runs of small messages into one container envelope (docs/batch.md)
+    batch: bool = False
 
     @property
     def route(self) -> tuple[str, ...]:
@@ -1236,6 +1238,7 @@ class _Reader:
             "approval": self.approval,
             "signed_delivery": self.boolean,
             "via": self.via,
+            "batch": self.boolean,
         }
         for index, item in enumerate(self.sequence(value, path)):
             item_path = (*path, index)
@@ -1243,7 +1246,15 @@ class _Reader:
                 item,
                 item_path,
                 ("name", "from", "to", "sender", "receiver", "transport"),
-                ("policy", "resend_window", "sent_retention", "approval", "signed_delivery", "via"),
+                (
+                    "policy",
+                    "resend_window",
+                    "sent_retention",
+                    "approval",
+                    "signed_delivery",
+                    "via",
+                    "batch",
+                ),
             )
             defaults = {
                 "policy": Policy(),
@@ -1252,6 +1263,7 @@ class _Reader:
                 "approval": Approval(),
                 "signed_delivery": False,
                 "via": (),
+                "batch": False,
             }
             flow = defaults | self.fields(raw, item_path, readers)
             if flow["transport"].kind == "zmq" and flow["resend_window"] < ZMQ_IN_FLIGHT_BYTES:
@@ -1262,6 +1274,13 @@ class _Reader:
                     "a message in flight when the link drops could then never be sent again; "
                     f"use at least {ZMQ_IN_FLIGHT_BYTES // 1024**2} MiB (or leave it out: "
                     f"{DEFAULT_RESEND_WINDOW // 1024**2} MiB)",
+                )
+            if flow["batch"] and flow["via"]:
+                raise self.at_value(
+                    (*item_path, "batch"),
+                    "batch needs a direct flow: a relay cannot open a container sealed for the "
+                    "final gateway to sign a hop record for each message in it; remove `batch` "
+                    "or `via`",
                 )
             parsed.append(flow)
         self.unique(parsed, path, "flow")
@@ -1279,6 +1298,7 @@ class _Reader:
                 approval=flow["approval"],
                 signed_delivery=flow["signed_delivery"],
                 via=flow["via"],
+                batch=flow["batch"],
             )
             for flow in parsed
         )
