@@ -956,8 +956,12 @@ class ReceiverAgent:
             raise Refused("wrong-recipient", f"addressed to {header.recipient!r}, not us")
         if containers.is_batch(header):
             # Its messages are checked one by one once it is open (_open_container).
-            if flow.via:
-                raise Refused("malformed", "a container on a relayed flow (only direct ones)")
+            if not flow.batch or flow.via:
+                raise Refused(
+                    "unexpected-batch",
+                    f"a container on flow {flow.name!r}, which is not a direct flow with "
+                    "`batch: true` here",
+                )
             if header.size > MAX_CONTAINER_BYTES:
                 raise Refused(
                     "policy-size",

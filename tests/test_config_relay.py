@@ -91,3 +91,24 @@ def test_via_item_needs_transport(gw: Path) -> None:
         "flows[0].via[0].transport",
         "missing required key 'transport'",
     )
+
+
+def test_batch_is_read_and_off_unless_asked(gw: Path) -> None:
+    assert load_gateway_config(write(gw, VALID)).flow("import").batch is False
+    text = replace_once(
+        VALID, "    resend_window: 60 MiB\n", "    resend_window: 60 MiB\n    batch: true\n"
+    )
+    assert load_gateway_config(write(gw, text)).flow("import").batch is True
+
+
+def test_batch_needs_a_direct_flow(gw: Path) -> None:
+    text = replace_once(
+        _relayed(), "    resend_window: 60 MiB\n", "    resend_window: 60 MiB\n    batch: true\n"
+    )
+    expect_error(
+        gw,
+        text,
+        line_of(text, "batch: true"),
+        "flows[0].batch",
+        "batch needs a direct flow",
+    )

@@ -116,10 +116,12 @@ class RssSampler:
 class Pair:
     """The two demo gateways under `root`, each agent its own process; see the module doc."""
 
-    def __init__(self, root: Path, limit: int, profiler: Profiler | None = None) -> None:
+    def __init__(
+        self, root: Path, limit: int, profiler: Profiler | None = None, batch: bool = False
+    ) -> None:
         self.root = root
         root.mkdir(parents=True)
-        self.configs = write_gateway_pair(root, limit)
+        self.configs = write_gateway_pair(root, limit, batch=batch)
         self.profiler = profiler
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.rss: RssSampler | None = None

@@ -9,6 +9,10 @@
    least 100 files); each file's latency is from its rename into `new/` to the receiver's
    `delivered` record for that name (`latency.py`): `small_p50_ms`, `small_p99_ms`.
 
+The pair's import flow has `batch: true` (docs/batch.md), as a bureau sets it for floods of
+small reports: the sender seals runs of them into containers. For comparison a second flood of
+the same files goes through a pair without it (`small_files_unbatched_per_s`, same baseline).
+
 The stage shares of the flood (`small_stage_share_*`) say which stage the files queue for; the
 paced run's are in the JSON details.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from zonegate.transfer.durable import fsync_dir
@@ -35,6 +40,7 @@ __all__ = ["SMALL_RESULTS", "run_small"]
 SMALL_RESULTS = (
     "small_files_vs_limit",
     "small_files_per_s",
+    "small_files_unbatched_per_s",
     "small_p50_ms",
     "small_p99_ms",
     *stage_result_names("small_"),
@@ -118,7 +124,7 @@ def run_small(ctx: Context) -> list[Result]:
         return b
 
     before = baseline("before")
-    pair = Pair(work / "pair", 64 * MiB, ctx.profiler)
+    pair = Pair(work / "pair", 64 * MiB, ctx.profiler, batch=True)
     fed: dict[str, float] = {}
     paced_error = None
     try:
@@ -131,7 +137,6 @@ def run_small(ctx: Context) -> list[Result]:
             except BenchError as e:
                 paced_error = str(e)
             paced_seal = pair.stage_seconds("sender", "seal")
-        after = baseline("after")
         records = pair.audit_records()
         delivered = sorted(os.listdir(pair.inbox_new))
         expected = sorted([*flooded, *fed])
@@ -142,6 +147,8 @@ def run_small(ctx: Context) -> list[Result]:
     finally:
         if not ctx.keep:
             pair.discard_data()
+    unbatched = _unbatched_flood(work, ctx)
+    after = baseline("after")
     base = CreateBaseline((before.rate + after.rate) / 2, [*before.latencies, *after.latencies])
     lines = timelines(records, FLOW).values()
     timeline = stage_shares([t for t in lines if t.name in flooded], flooded, flood_seal)
@@ -159,6 +166,7 @@ def run_small(ctx: Context) -> list[Result]:
         measured(name, rate, "files/s", "single durable 1 KiB creates", base.rate)
         for name in ("small_files_vs_limit", "small_files_per_s")
     ]
+    out.append(unbatched(base.rate))
     if paced_error is not None:
         out += [failed(name, paced_error, "ms") for name in ("small_p50_ms", "small_p99_ms")]
     else:
@@ -170,6 +178,24 @@ def run_small(ctx: Context) -> list[Result]:
             [t for t in lines if t.name in fed], fed, seal
         ).to_json()
     return out + stage_results(shares, "small-file flood", "small_")
+
+
+def _unbatched_flood(work: Path, ctx: Context) -> Callable[[float], Result]:
+    """The same flood through a pair whose flow seals every message alone (no `batch`);
+    returns the row, to be made once the baseline is known."""
+    pair = Pair(work / "pair-unbatched", 64 * MiB, None, batch=False)
+    try:
+        with running(pair, "small-unbatched"):
+            _submitted, rate = flood(pair, ctx.small_files, ctx)
+    except BenchError as e:
+        error = str(e)
+        return lambda _base: failed("small_files_unbatched_per_s", error, "files/s")
+    finally:
+        if not ctx.keep:
+            pair.discard_data()
+    return lambda base: measured(
+        "small_files_unbatched_per_s", rate, "files/s", "single durable 1 KiB creates", base
+    )
 
 
 def _latency_rows(
