@@ -398,20 +398,12 @@ _PROBE_TIME = "2000-01-01T00:00:00.000000Z"
 
 
 def _size_bound(record: Mapping[str, Any]) -> int:
-    """An upper bound of a (validated) record's canonical JSON length, cheaper than encoding
-    it: a character never takes more than 6 bytes (``\\u001f``), a key and its punctuation
-    at most 6 more; ``message``, ``who`` and ``extra`` hold scalars only."""
-    total = 64
-    for key, value in record.items():
-        total += 6 * len(key) + 6
-        if isinstance(value, str):
-            total += 6 * len(value)
-        elif isinstance(value, Mapping):
-            for k, v in value.items():
-                total += 6 * len(k) + 6 + (6 * len(v) if isinstance(v, str) else len(str(v)))
-        else:
-            total += len(str(value))
-    return total
+    """An upper bound of a (validated) record's canonical JSON length, far cheaper than
+    encoding it: the record is plain dicts of str, int, bool and None, whose repr spells every
+    key, value and piece of punctuation at least once, and no character of it takes more than
+    6 bytes in the JSON (``\\u001f``; a non-ASCII one at most 4 in UTF-8). A walk over the
+    fields in Python cost ingest a tenth of its time in a flood."""
+    return 6 * len(repr(record)) + 64
 
 
 def segment_path(path: str | os.PathLike[str], first_seq: int) -> str:
