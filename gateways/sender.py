@@ -63,6 +63,7 @@ from ..transfer.approvals import ApprovalRefused, Directory, check_approvals
 from ..transfer.durable import Barrier, fsync_dir, replace_file, start_writeback, write_new
 from ..transfer.keys import load_encryption_public, load_signing_private
 from ..transfer.link import LinkBroken, LinkSender, LinkStream, open_sender
+from ..transfer.reaper import Reaper
 from ..transfer.spool import DATA, ENVELOPE, META, MessageMeta, SpoolError
 from ..zones.config import Flow
 from .agent import AgentContext, AuditEntry, FailClosed, crash_point, utc_now
@@ -153,6 +154,9 @@ class SenderAgent:
         self._in_memory_bytes = 0
         self._last_prune = 0.0
         self.barrier = Barrier()
+        #: removals (plaintexts once sealed, entries once in a container, expired envelopes)
+        #: are renames out of the way; the unlinks wait for the disk in a thread of their own
+        self.reaper = Reaper(ctx.spool.dir("tmp/reap"))
         for flow in cfg.outgoing_flows():
             peer = cfg.peer(flow.receiver)
             # A relayed flow leaves over the link into its first relay; sealing is still for
@@ -185,7 +189,7 @@ class SenderAgent:
                 if header.flow == flow and containers.is_batch(header):
                     # numbered in its header from its first message; its meta.json lists all
                     items = self.ctx.spool.read_meta("active", msg_id).extra["batch"]
-                    seq = max(seq, *(int(item["seq"]) for item in items))
+                    seq = max([seq, *(int(item["seq"]) for item in items)])
         return seq
 
     # -- main loop ----------------------------------------------------------------------
@@ -203,6 +207,7 @@ class SenderAgent:
             for state in self.links.values():
                 state.link.close()
             self.barrier.close()
+            self.reaper.close()
 
     def _recover_active(self) -> None:
         """What a previous run left in active/ may have gone out in part or in full.
@@ -344,8 +349,10 @@ class SenderAgent:
                     "expired", meta, outcome="info", reason="sent envelope removed after retention"
                 )
             )
-            spool.remove("sent", msg_id)
+            self.reaper.reap(spool.entry("sent", msg_id))
             removed += 1
+        if removed:
+            fsync_dir(spool.dir("sent"))
         return removed
 
     def _service_links(self) -> None:
@@ -480,8 +487,8 @@ class SenderAgent:
         for meta in sealed:
             target = spool.move(meta.id, "ready", "active", barrier)
             crash_point("sender-moved")
-            (target / DATA).unlink()  # past this point only ciphertext stays in the spool
-            barrier.dir(target)
+            # past this point only ciphertext stays in the message's entry
+            self.reaper.reap(target / DATA, barrier)
             self._sealed_here[meta.id] = meta
         if built:
             for container, _items, work in built:
@@ -495,8 +502,7 @@ class SenderAgent:
             crash_point("sender-batched")
             for _container, items, _work in built:
                 for m in items:
-                    _remove_entry(spool.entry("ready", m.id))
-            barrier.dir(spool.dir("ready"))
+                    self.reaper.reap(spool.entry("ready", m.id), barrier)
         # The counter follows the moves (as for one message): a crash before them leaves the
         # batch in ready/, numbered again from the same counter, so no number is skipped; one
         # after them finds the numbers in active/ (_load_seq).
@@ -733,7 +739,7 @@ class SenderAgent:
             return False
         self.ctx.metrics.observe_stage(meta.flow, "seal", started)
         os.rename(tmp, entry / ENVELOPE)
-        (entry / DATA).unlink()  # past this point only ciphertext stays in the spool
+        self.reaper.reap(entry / DATA)  # past this point only ciphertext stays in its entry
         fsync_dir(entry)
         crash_point("sender-streamed")
         self.ctx.record("resent" if again else "sent", meta)
@@ -810,7 +816,7 @@ class SenderAgent:
             self._corrupt("active", msg_id, meta, f"cannot seal: {e}")
             return False
         os.rename(tmp, entry / ENVELOPE)
-        (entry / DATA).unlink()  # past this point only ciphertext stays in the spool
+        self.reaper.reap(entry / DATA)  # past this point only ciphertext stays in its entry
         fsync_dir(entry)
         self._sealed_here[msg_id] = meta
         self.ctx.metrics.messages.labels(meta.flow, "seal", "ok").inc()
@@ -1044,20 +1050,6 @@ class _Tee:
 def _container_id(last: str) -> str:
     """An id one above `last`: it sorts right after it, and is new (ids end in 80 random bits)."""
     return f"{(int(last, 16) + 1) % 2**128:032x}"
-
-
-def _remove_entry(entry: Path) -> None:
-    """Remove a ready/ entry that holds what ingest left (meta.json, data): three system calls
-    where shutil.rmtree's careful walk takes many (a quarter of the sender's time in a flood)."""
-    for name in (DATA, META):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(entry / name)
-    try:
-        os.rmdir(entry)
-    except OSError as e:
-        if e.errno != errno.ENOTEMPTY:
-            raise
-        shutil.rmtree(entry)  # anything else in it (an envelope a crashed run began)
 
 
 def _messages_in(meta: MessageMeta) -> int:

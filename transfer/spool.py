@@ -41,7 +41,14 @@ STATES: tuple[str, ...] = (
     "corrupt",
 )
 #: Scratch areas; never a message state. Each agent has its own so recovery is unambiguous.
-SCRATCH: tuple[str, ...] = ("tmp/ingest", "tmp/link", "tmp/deliver", "tmp/seal", "state")
+SCRATCH: tuple[str, ...] = (
+    "tmp/ingest",
+    "tmp/link",
+    "tmp/deliver",
+    "tmp/seal",
+    "tmp/reap",
+    "state",
+)
 
 META = "meta.json"
 DATA = "data"
