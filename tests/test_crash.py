@@ -21,6 +21,7 @@ import yaml
 from harness import GatewayPair, make_file, wait_for
 
 from zonegate.audit.log import segments
+from zonegate.audit.tools import iter_log
 from zonegate.audit.verify import verify
 from zonegate.gateways.submit import submit_files
 
@@ -40,9 +41,17 @@ def _sources(directory: Path, rng: random.Random) -> dict[str, str]:
 
 
 @pytest.mark.crash
-def test_random_kill_9_storm_loses_and_duplicates_nothing(
-    pair: GatewayPair, tmp_path: Path
-) -> None:
+@pytest.mark.parametrize("batch", [False, True], ids=["single", "batched"])
+def test_random_kill_9_storm_loses_and_duplicates_nothing(tmp_path: Path, batch: bool) -> None:
+    """`batched`: the flow has `batch: true`, so most messages cross in containers."""
+    pair = GatewayPair(tmp_path / "gw", batch=batch)
+    try:
+        _storm(pair, tmp_path, batch)
+    finally:
+        pair.stop()
+
+
+def _storm(pair: GatewayPair, tmp_path: Path, batch: bool) -> None:
     seed = int(os.environ.get("ZONEGATE_CRASH_SEED") or random.SystemRandom().randrange(2**32))
     kills = int(os.environ.get("ZONEGATE_CRASH_KILLS") or CI_KILLS)
     print(f"\ncrash suite: ZONEGATE_CRASH_SEED={seed} ZONEGATE_CRASH_KILLS={kills}")
@@ -84,4 +93,11 @@ def test_random_kill_9_storm_loses_and_duplicates_nothing(
         assert result.ok, f"seed {seed}: {gateway} audit log: {result.problem}"
         assert segments(pair.audit_log(gateway)), f"{gateway}: the log never rotated in the storm"
     assert all(pair.alive(a) for a in killed), pair.logs()
+    if batch:  # most of them small: containers carried them, through every kind of kill
+        in_batch = sum(
+            1
+            for r in iter_log(pair.audit_log("internal-gw"))
+            if r["event"] == "delivered" and (r.get("extra") or {}).get("batch")
+        )
+        assert in_batch >= MESSAGES // 2, f"seed {seed}: only {in_batch} came in containers"
     print(f"crash suite: kills per agent {killed}")
