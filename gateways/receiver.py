@@ -477,16 +477,19 @@ class ReceiverAgent:
         """Verify, open and deliver a batch of received/ messages (see `_deliver_opened`)."""
         opened: list[_Opened] = []
         done: list[str] = []  # containers, removed once each of their messages has its marker
-        for msg_id in ids:
-            if self.ctx.stop.is_set():
-                break
-            with self.ctx.metrics.busy("open"):
-                got, container = self._open_one(msg_id, barrier)
-            opened += got
-            if container:
-                done.append(msg_id)
-        with self.ctx.metrics.busy("deliver"):
-            self._deliver_opened(opened, barrier)
+        try:
+            for msg_id in ids:
+                if self.ctx.stop.is_set():
+                    break
+                with self.ctx.metrics.busy("open"):
+                    got, container = self._open_one(msg_id, barrier)
+                opened += got
+                if container:
+                    done.append(msg_id)
+            with self.ctx.metrics.busy("deliver"):
+                self._deliver_opened(opened, barrier)
+        finally:  # a container's messages were in flight from its opening (`_open_container`)
+            self._release(*(o.meta.id for o in opened if o.new_marker))
         for o in opened:
             with contextlib.suppress(FileNotFoundError):
                 (self.ctx.spool.entry("delivered", o.meta.id) / ENVELOPE).unlink()
@@ -634,19 +637,26 @@ class ReceiverAgent:
         it is durable, the plaintext is too, and `_finish_delivery` completes the delivery.
         """
         opened: list[_Opened] = []
-        for flow, handed in items:
-            if isinstance(handed, _Opened):  # streamed, opened as it came
-                barrier.file(handed.part)
-                barrier.dir(handed.part.parent)
-                opened.append(handed)
-                continue
-            with self.ctx.metrics.busy("open"):
-                got = self._open_memory(flow, handed, barrier)
-            if not got:
-                progress.settled.add(handed.transfer)  # refused, or held: nothing to deliver
-            opened += got
-        with self.ctx.metrics.busy("deliver"):
-            self._deliver_opened(opened, barrier, progress)
+        try:
+            for flow, handed in items:
+                if isinstance(handed, _Opened):  # streamed, opened as it came
+                    if self._taken_meanwhile(handed.meta.id):
+                        self._refuse_streamed(flow, handed)
+                        progress.settled.add(handed.meta.id)
+                        continue
+                    barrier.file(handed.part)
+                    barrier.dir(handed.part.parent)
+                    opened.append(handed)
+                    continue
+                with self.ctx.metrics.busy("open"):
+                    got = self._open_memory(flow, handed, barrier)
+                if not got:
+                    progress.settled.add(handed.transfer)  # refused, or held: nothing to deliver
+                opened += got
+            with self.ctx.metrics.busy("deliver"):
+                self._deliver_opened(opened, barrier, progress)
+        finally:  # a container's messages were in flight from its opening (`_open_container`)
+            self._release(*(o.meta.id for o in opened if o.new_marker))
 
     def _link_into_inboxes(self, opened: list[_Opened], barrier: Barrier) -> None:
         """Each plaintext under the name its durable marker gives (rewritten, durably, in the
@@ -680,6 +690,15 @@ class ReceiverAgent:
         assert arrival.payload is not None
         link_meta = _link_meta(flow, arrival)
         try:
+            if self._taken_meanwhile(arrival.transfer):
+                if arrival.resend:
+                    entry = self.ctx.entry(
+                        "duplicate", link_meta, outcome="info", reason="re-send of a held message"
+                    )
+                    self.ctx.record_many([entry])
+                    self.ctx.metrics.messages.labels(flow.name, "receive", "duplicate").inc()
+                    return []
+                raise Refused("replay", "message id was already received or delivered", "replay")
             src = io.BytesIO(arrival.payload)
             return self._open_src(src, flow, link_meta, barrier, started, stored=False)
         except Refused as r:
@@ -806,16 +825,43 @@ class ReceiverAgent:
             raise Refused(e.reason, e.detail) from None
         finally:
             src.seek(start)
-        cid = header.message_id
         self.ctx.metrics.containers.labels(flow.name).inc()
-        inbox_tmp, _new = inbox_dirs(self.ctx.config.inbox, flow.name)
         opened: list[_Opened] = []
+        taken: list[str] = []  # ids this container put in flight
+        try:
+            self._open_items(items, flow, header.message_id, link_meta, raw, barrier, started,
+                             stored, opened, taken)  # fmt: skip
+        except BaseException:
+            self._release(*taken)
+            raise
+        return opened
+
+    def _open_items(
+        self,
+        items: list[containers.BatchItem],
+        flow: Flow,
+        cid: str,
+        link_meta: MessageMeta,
+        raw: bytes,
+        barrier: Barrier,
+        started: float,
+        stored: bool,
+        opened: list[_Opened],
+        taken: list[str],
+    ) -> None:
+        """`_open_container`'s second half: each message, into `opened` as it is taken (and
+        its id into `taken` as it is put in flight)."""
+        inbox_tmp, _new = inbox_dirs(self.ctx.config.inbox, flow.name)
         duplicates: list[AuditEntry] = []
         for index, item in enumerate(items):
             h = item.header
             item_link = link_meta.replace(id=h.message_id, extra={**link_meta.extra, "batch": cid})
             records: list[AuditEntry] = []
-            held = self._held(h.message_id, cid)
+            with self.lock:  # checked and taken at once, as the link stage does (_in_flight)
+                held = self._held(h.message_id, cid)
+                if not held:
+                    self._in_flight.add(h.message_id)
+                    taken.append(h.message_id)
             if held == "ours" and stored:
                 continue  # delivered, or being finished, from this very container
             if held and link_meta.resent:
@@ -837,6 +883,7 @@ class ReceiverAgent:
                 self._check_size(h, flow)
                 approvals = self._check_approvals(flow, h, records)
             except Refused as r:
+                self._release(h.message_id)
                 self._quarantine_item(raw, item_link, h, index, r)
                 continue
             part = inbox_tmp / f"{h.message_id}.part"
@@ -856,7 +903,39 @@ class ReceiverAgent:
         if duplicates:
             self.ctx.record_many(duplicates)
             self.ctx.metrics.messages.labels(flow.name, "receive", "duplicate").inc(len(duplicates))
-        return opened
+
+    def _refuse_streamed(self, flow: Flow, o: _Opened) -> None:
+        """A streamed message whose id was taken meanwhile (`_taken_meanwhile`): a re-send is
+        dropped as a duplicate; anything else is kept, as it came, as a replay."""
+        assert o.link_meta is not None and o.rebuild is not None
+        if o.link_meta.resent:
+            entry = self.ctx.entry(
+                "duplicate", o.link_meta, outcome="info", reason="re-send of a held message"
+            )
+            self.ctx.record_many([entry])
+            self.ctx.metrics.messages.labels(flow.name, "receive", "duplicate").inc()
+            with contextlib.suppress(FileNotFoundError):
+                o.part.unlink()
+            return
+        kept = o.rebuild()  # the envelope as it came, from its plaintext; the plaintext goes
+        reason = "message id was already received or delivered"
+        with self.lock:
+            self._quarantine_dir(kept.directory, o.link_meta, "replay", reason, "replay")
+
+    def _release(self, *msg_ids: str) -> None:
+        """Ids no longer in flight: delivered (their markers say so now) or refused."""
+        with self.lock:
+            self._in_flight.difference_update(msg_ids)
+
+    def _taken_meanwhile(self, msg_id: str) -> bool:
+        """An id free when its envelope came off the link, held now: a message of a container
+        that was in flight beside it took the id first (the link stage knows a container by
+        its own id only, not those inside it), so this one is a replay or a re-send of it."""
+        spool = self.ctx.spool
+        with self.lock:
+            return spool.entry("delivered", msg_id).exists() or (
+                spool.entry("received", msg_id).exists()
+            )
 
     def _held(self, msg_id: str, cid: str) -> str:
         """Whether a message of a container is held here: "" if not, "ours" if by this very

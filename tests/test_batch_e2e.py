@@ -23,11 +23,16 @@ from test_tamper_e2e import Wire
 
 from zonegate.audit.tools import reconcile
 from zonegate.audit.verify import verify
+from zonegate.gateways.agent import AgentContext
+from zonegate.gateways.receiver import ReceiverAgent
 from zonegate.gateways.submit import submit_files
 from zonegate.transfer import batch
 from zonegate.transfer import envelope as env
+from zonegate.transfer.durable import Barrier
 from zonegate.transfer.ids import new_message_id
 from zonegate.transfer.keys import load_encryption_public, load_signing_private
+from zonegate.transfer.link import Arrival
+from zonegate.transfer.linkframe import Begin
 from zonegate.zones.config import load_gateway_config
 
 
@@ -267,3 +272,117 @@ def test_a_container_on_a_flow_without_batch_is_refused(tmp_path: Path) -> None:
     finally:
         wire.close()
         pair.stop()
+
+
+def test_a_message_whose_id_a_container_took_while_both_were_in_flight_is_a_replay(
+    tmp_path: Path,
+) -> None:
+    """The link stage knows a container by its own id only. A single envelope that came off
+    the link beside it, claiming the id of a message inside it, passes the link stage's check;
+    once the container is delivered, the deliver stage must refuse it as a replay (and drop a
+    re-sent one as a duplicate), not deliver a second file under that id. Driven in-process,
+    stage by stage, because the order is a race between the two stages in a running agent."""
+    pair = GatewayPair(tmp_path / "gw", batch=True)  # keys and configs; no process started
+    ctx = AgentContext.open(load_gateway_config(pair.configs["internal-gw"]), "receiver")
+    agent = ReceiverAgent(ctx)
+    flow = agent.flows["import"]
+    barrier = Barrier()
+    cid, ids, container = seal_container(pair, [b"first\n", b"second\n"])
+    keys = pair.root / "keys"
+    signing = load_signing_private(keys / "internet-gw.sign.key")
+    recipient = load_encryption_public(keys / "internal-gw.kem.pub")
+
+    def single(msg_id: str, body: bytes) -> bytes:
+        _id, header, _data = seal_test_envelope(pair, body)
+        out = io.BytesIO()
+        env.seal(
+            io.BytesIO(body),
+            out,
+            dataclasses.replace(header, message_id=msg_id),
+            recipient,
+            signing,
+        )
+        return out.getvalue()
+
+    def arrival(msg_id: str, data: bytes, resend: bool = False) -> Arrival:
+        work = ctx.spool.dir("tmp/link") / f"{msg_id}.{os.urandom(4).hex()}"
+        digest = hashlib.sha256(data).hexdigest()
+        return Arrival(msg_id, work, resend, len(data), digest, payload=data)
+
+    try:
+        agent._accept_from_link(flow, [arrival(cid, container)], barrier)
+        later = arrival(ids[0], single(ids[0], b"another body\n"))
+        resent = arrival(ids[0], single(ids[0], b"another body\n"), resend=True)
+        agent._deliver_memory_guarded(agent._from_memory(1.0), barrier)  # the container
+        assert ctx.spool.depth("delivered") == 2
+        # The single had passed the link stage before the container was delivered.
+        for late in (later, resent):
+            with agent.lock:
+                agent._in_flight.add(late.transfer)
+            agent._deliver_memory_guarded([(flow, late)], barrier)
+        inbox = Path(ctx.config.inbox) / "import" / "new"
+        assert sorted(p.read_bytes() for p in inbox.iterdir()) == [b"first\n", b"second\n"]
+        (qid,) = ctx.spool.ids("quarantine")
+        meta = ctx.spool.read_meta("quarantine", qid)
+        assert (meta.reason_code, meta.extra["claimed_id"]) == ("replay", ids[0])
+        kept = (ctx.spool.entry("quarantine", qid) / "envelope").read_bytes()
+        assert kept == later.payload
+        records = [json.loads(x) for x in ctx.config.audit_log.read_text().splitlines()]
+        events = [(r["event"], r["message"]["id"]) for r in records if r.get("message")]
+        assert ("replay", ids[0]) in events and ("duplicate", ids[0]) in events
+        assert [e for e in events if e == ("delivered", ids[0])] == [("delivered", ids[0])]
+    finally:
+        barrier.close()
+
+
+def test_a_streamed_message_claiming_an_id_of_a_container_being_delivered_is_a_replay(
+    tmp_path: Path,
+) -> None:
+    """The same race on the other ways in: a container stored in received/ is opened (its
+    messages' ids go in flight, as the link stage's do), and a large single claiming one of
+    them begins to stream in before the container's delivery ends. The link stage must take it
+    as a replay, keep it as it came, and write none of its plaintext where the container's
+    message of that id is waiting to be linked into the inbox."""
+    pair = GatewayPair(tmp_path / "gw", batch=True)
+    ctx = AgentContext.open(load_gateway_config(pair.configs["internal-gw"]), "receiver")
+    agent = ReceiverAgent(ctx)
+    flow = agent.flows["import"]
+    barrier = Barrier()
+    cid, ids, container = seal_container(pair, [b"first\n", b"second\n"])
+    keys = pair.root / "keys"
+    signing = load_signing_private(keys / "internet-gw.sign.key")
+    recipient = load_encryption_public(keys / "internal-gw.kem.pub")
+    big = os.urandom(3 * 1024 * 1024)
+    _id, header, _data = seal_test_envelope(pair, big)
+    out = io.BytesIO()
+    claimed = dataclasses.replace(header, message_id=ids[1])
+    env.seal(io.BytesIO(big), out, claimed, recipient, signing)
+    streamed = out.getvalue()
+    try:
+        work = ctx.spool.dir("tmp/link") / "c"
+        work.mkdir()
+        (work / "envelope").write_bytes(container)
+        digest = hashlib.sha256(container).hexdigest()
+        agent._accept_from_link(flow, [Arrival(cid, work, False, len(container), digest)], barrier)
+        opened = []
+        got, is_container = agent._open_one(cid, barrier)  # both ids free: now in flight
+        assert is_container and len(got) == 2
+        opened += got
+        sink = agent._stream_to(flow, Begin(ids[1], "import", "internet-gw", len(streamed), False))
+        for i in range(0, len(streamed), 1 << 20):
+            sink.write(streamed[i : i + (1 << 20)])
+        link_digest = hashlib.sha256(streamed).hexdigest()
+        agent._streamed_complete(
+            flow, Arrival(ids[1], sink.work, False, len(streamed), link_digest, sink=sink)
+        )
+        agent._deliver_opened(opened, barrier)  # the container's delivery ends
+        inbox = Path(ctx.config.inbox) / "import" / "new"
+        assert sorted(p.read_bytes() for p in inbox.iterdir()) == [b"first\n", b"second\n"]
+        (qid,) = ctx.spool.ids("quarantine")
+        meta = ctx.spool.read_meta("quarantine", qid)
+        assert (meta.reason_code, meta.extra["claimed_id"]) == ("replay", ids[1])
+        assert (ctx.spool.entry("quarantine", qid) / "envelope").read_bytes() == streamed
+        assert not list((Path(ctx.config.inbox) / "import" / "tmp").iterdir())  # no plaintext
+        assert agent._queue.empty()  # nothing of it handed on for delivery
+    finally:
+        barrier.close()

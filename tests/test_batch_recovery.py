@@ -339,3 +339,44 @@ def test_what_a_receiver_holds_in_memory_stays_within_the_resend_window(tmp_path
     assert ctx.spool.depth("delivered") == 10
     assert receiver._backlog == 0
     assert verify(cfg.audit_log).ok
+
+
+def test_numbers_follow_the_ids_when_a_batch_stops_early(tmp_path: Path) -> None:
+    """A sealing batch stops early when a container is full or a message must go alone
+    after one; the messages after that batch must then wait, not be numbered first (the
+    receiver would report a gap that is not one, and take them out of order)."""
+    cfg = load_gateway_config(write_gateway_pair(tmp_path, 1024**2, batch=True)["internet-gw"])
+    ctx = AgentContext.open(cfg, "ingest")
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(700):  # two small ones, then one too big for a container, and again
+        (src / f"m{i:04d}.bin").write_bytes(bytes([i % 251]) * (70_000 if i % 3 == 2 else 100))
+    submit_files(cfg.outbox, "import", [src])
+    ingest = IngestAgent(ctx)
+    while ctx.spool.depth("incoming") + len(os.listdir(cfg.outbox / "import" / "new")):
+        ingest.poll_once()
+    assert ctx.spool.depth("ready") == 700
+    sender = SenderAgent(AgentContext.open(cfg, "sender"))  # no receiver: all stays in active/
+    try:
+        for _ in range(1000):
+            if not sender.ctx.spool.ids("ready"):
+                break
+            sender.step()
+        spool = sender.ctx.spool
+        assert spool.depth("ready") == 0
+        numbered = []
+        for entry_id in spool.ids("active"):
+            meta = spool.read_meta("active", entry_id)
+            items = meta.extra.get("batch")
+            if items:
+                numbered += [(item["id"], item["seq"]) for item in items]
+            else:
+                with open(spool.entry("active", entry_id) / "envelope", "rb") as f:
+                    numbered.append((entry_id, env.read_header(f)[0].sequence))
+        numbered.sort()
+        assert [seq for _id, seq in numbered] == list(range(1, 701))
+        assert any(spool.read_meta("active", i).extra.get("batch") for i in spool.ids("active"))
+    finally:
+        for state in sender.links.values():
+            state.link.close()
+        sender.reaper.close()
