@@ -43,15 +43,16 @@ def _fill(directory: Path) -> Path | None:
     filler = directory / "filler"
     block = b"\xaa" * 65536
     try:
-        f = open(filler, "wb")  # noqa: SIM115 - closed by the with below
+        # Unbuffered: a buffered file keeps what the full disk refused and raises it again
+        # when closed, outside the loop that expects it.
+        f = open(filler, "wb", buffering=0)  # noqa: SIM115 - closed by the with below
     except OSError as e:
         assert e.errno == errno.ENOSPC
         return None
     with f:
         try:
             while True:
-                f.write(block)
-                f.flush()
+                f.write(block)  # a partial write is fine: the next one fails
         except OSError as e:
             assert e.errno == errno.ENOSPC
     return filler
