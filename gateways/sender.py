@@ -257,11 +257,11 @@ class SenderAgent:
         while ready and not self.ctx.stop.is_set():
             batch, ready = self._take("ready", ready)
             with self.ctx.metrics.busy("seal"):  # a large file's: sealed while it is sent
-                whole = self._batch_guarded("ready", batch, self.seal_batch)
+                self._batch_guarded("ready", batch, self.seal_batch)
             busy = True
             # Send what was just sealed before sealing more: nothing waits for the whole queue.
             busy = self._send_active() or busy
-            if whole is not True or any(self.ctx.spool.entry("ready", i).exists() for i in batch):
+            if any(self.ctx.spool.entry("ready", i).exists() for i in batch):
                 # It stopped before the end of its batch (a container full, a large message
                 # that goes alone, no space): the next step lists ready/ again from its oldest,
                 # so that numbers keep following the ids; the rest of `ready` must wait.
@@ -424,9 +424,8 @@ class SenderAgent:
     def seal(self, msg_id: str) -> None:
         self.seal_batch([msg_id])
 
-    def seal_batch(self, ids: list[str]) -> bool:
-        """Seal messages of ready/ and move them to active/, each after its `sealed` record;
-        True when it took every one of `ids`, False when it stopped before (the rest wait).
+    def seal_batch(self, ids: list[str]) -> None:
+        """Seal messages of ready/ and move them to active/, each after its `sealed` record.
 
         On a `batch: true` flow, its small messages are sealed together into one container
         (`_seal_container`); numbers still follow the order of the ids, so a message of that
@@ -437,10 +436,8 @@ class SenderAgent:
         last_seq: dict[str, int] = {}
         groups: dict[str, list[MessageMeta]] = {}
         group_bytes: dict[str, int] = {}
-        whole = True
         for msg_id in ids:
             if self.ctx.stop.is_set():
-                whole = False
                 break
             try:
                 meta = spool.read_meta("ready", msg_id)
@@ -454,7 +451,6 @@ class SenderAgent:
             if self._streams(meta, state, entry):
                 if not sealed and not groups:  # alone, in order: what came before is sealed
                     self._seal_while_sending(meta, state)
-                whole = False
                 break
             if self._batchable(meta, state):
                 group = groups.setdefault(meta.flow, [])
@@ -462,16 +458,13 @@ class SenderAgent:
                 cost += _APPROVAL_ESTIMATE * len(meta.extra.get("approvals") or ())
                 total = group_bytes.get(meta.flow, 0) + cost
                 if len(group) >= containers.MAX_ITEMS or (group and total > CONTAINER_BYTES):
-                    whole = False
                     break  # full: the rest of the flow goes in the next batch's container
                 group.append(meta)
                 group_bytes[meta.flow] = total
                 continue
             if meta.flow in groups:
-                whole = False
                 break  # after a container's messages: it must take a higher number than they
             if not self._seal_single(meta, state, last_seq, sealed):
-                whole = False
                 break
         built: list[tuple[MessageMeta, list[MessageMeta], Path]] = []
         for flow, group in groups.items():
@@ -482,10 +475,9 @@ class SenderAgent:
                 continue
             for meta, _body in readable:
                 if not self._seal_single(meta, state, last_seq, sealed):
-                    whole = False
                     break
         if not sealed and not built:
-            return whole
+            return
         records = [self.ctx.entry("sealed", meta) for meta in sealed]
         for container, items, _work in built:
             records += [self.ctx.entry("sealed", m, batch=container.id) for m in items]
@@ -527,7 +519,6 @@ class SenderAgent:
         for container, items, _work in built:
             self.ctx.metrics.messages.labels(container.flow, "seal", "ok").inc(len(items))
             self.ctx.metrics.containers.labels(container.flow).inc()
-        return whole
 
     def _seal_single(
         self,
