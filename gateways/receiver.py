@@ -640,10 +640,6 @@ class ReceiverAgent:
         try:
             for flow, handed in items:
                 if isinstance(handed, _Opened):  # streamed, opened as it came
-                    if self._taken_meanwhile(handed.meta.id):
-                        self._refuse_streamed(flow, handed)
-                        progress.settled.add(handed.meta.id)
-                        continue
                     barrier.file(handed.part)
                     barrier.dir(handed.part.parent)
                     opened.append(handed)
@@ -690,15 +686,6 @@ class ReceiverAgent:
         assert arrival.payload is not None
         link_meta = _link_meta(flow, arrival)
         try:
-            if self._taken_meanwhile(arrival.transfer):
-                if arrival.resend:
-                    entry = self.ctx.entry(
-                        "duplicate", link_meta, outcome="info", reason="re-send of a held message"
-                    )
-                    self.ctx.record_many([entry])
-                    self.ctx.metrics.messages.labels(flow.name, "receive", "duplicate").inc()
-                    return []
-                raise Refused("replay", "message id was already received or delivered", "replay")
             src = io.BytesIO(arrival.payload)
             return self._open_src(src, flow, link_meta, barrier, started, stored=False)
         except Refused as r:
@@ -904,38 +891,10 @@ class ReceiverAgent:
             self.ctx.record_many(duplicates)
             self.ctx.metrics.messages.labels(flow.name, "receive", "duplicate").inc(len(duplicates))
 
-    def _refuse_streamed(self, flow: Flow, o: _Opened) -> None:
-        """A streamed message whose id was taken meanwhile (`_taken_meanwhile`): a re-send is
-        dropped as a duplicate; anything else is kept, as it came, as a replay."""
-        assert o.link_meta is not None and o.rebuild is not None
-        if o.link_meta.resent:
-            entry = self.ctx.entry(
-                "duplicate", o.link_meta, outcome="info", reason="re-send of a held message"
-            )
-            self.ctx.record_many([entry])
-            self.ctx.metrics.messages.labels(flow.name, "receive", "duplicate").inc()
-            with contextlib.suppress(FileNotFoundError):
-                o.part.unlink()
-            return
-        kept = o.rebuild()  # the envelope as it came, from its plaintext; the plaintext goes
-        reason = "message id was already received or delivered"
-        with self.lock:
-            self._quarantine_dir(kept.directory, o.link_meta, "replay", reason, "replay")
-
     def _release(self, *msg_ids: str) -> None:
         """Ids no longer in flight: delivered (their markers say so now) or refused."""
         with self.lock:
             self._in_flight.difference_update(msg_ids)
-
-    def _taken_meanwhile(self, msg_id: str) -> bool:
-        """An id free when its envelope came off the link, held now: a message of a container
-        that was in flight beside it took the id first (the link stage knows a container by
-        its own id only, not those inside it), so this one is a replay or a re-send of it."""
-        spool = self.ctx.spool
-        with self.lock:
-            return spool.entry("delivered", msg_id).exists() or (
-                spool.entry("received", msg_id).exists()
-            )
 
     def _held(self, msg_id: str, cid: str) -> str:
         """Whether a message of a container is held here: "" if not, "ours" if by this very

@@ -24,7 +24,7 @@ from test_tamper_e2e import Wire
 from zonegate.audit.tools import reconcile
 from zonegate.audit.verify import verify
 from zonegate.gateways.agent import AgentContext
-from zonegate.gateways.receiver import ReceiverAgent
+from zonegate.gateways.receiver import ReceiverAgent, _Progress
 from zonegate.gateways.submit import submit_files
 from zonegate.transfer import batch
 from zonegate.transfer import envelope as env
@@ -274,35 +274,38 @@ def test_a_container_on_a_flow_without_batch_is_refused(tmp_path: Path) -> None:
         pair.stop()
 
 
-def test_a_message_whose_id_a_container_took_while_both_were_in_flight_is_a_replay(
-    tmp_path: Path,
-) -> None:
-    """The link stage knows a container by its own id only. A single envelope that came off
-    the link beside it, claiming the id of a message inside it, passes the link stage's check;
-    once the container is delivered, the deliver stage must refuse it as a replay (and drop a
-    re-sent one as a duplicate), not deliver a second file under that id. Driven in-process,
-    stage by stage, because the order is a race between the two stages in a running agent."""
-    pair = GatewayPair(tmp_path / "gw", batch=True)  # keys and configs; no process started
+def _receiver_in_process(pair: GatewayPair) -> tuple[AgentContext, ReceiverAgent]:
+    """internal-gw's receiver as an object, its stages driven by the test one step at a time."""
     ctx = AgentContext.open(load_gateway_config(pair.configs["internal-gw"]), "receiver")
-    agent = ReceiverAgent(ctx)
-    flow = agent.flows["import"]
-    barrier = Barrier()
-    cid, ids, container = seal_container(pair, [b"first\n", b"second\n"])
+    return ctx, ReceiverAgent(ctx)
+
+
+def seal_single_as(pair: GatewayPair, msg_id: str, body: bytes) -> bytes:
+    """A single envelope sealed as internet-gw seals one, claiming `msg_id`."""
     keys = pair.root / "keys"
     signing = load_signing_private(keys / "internet-gw.sign.key")
     recipient = load_encryption_public(keys / "internal-gw.kem.pub")
+    _id, header, _data = seal_test_envelope(pair, body)
+    out = io.BytesIO()
+    claimed = dataclasses.replace(header, message_id=msg_id)
+    env.seal(io.BytesIO(body), out, claimed, recipient, signing)
+    return out.getvalue()
 
-    def single(msg_id: str, body: bytes) -> bytes:
-        _id, header, _data = seal_test_envelope(pair, body)
-        out = io.BytesIO()
-        env.seal(
-            io.BytesIO(body),
-            out,
-            dataclasses.replace(header, message_id=msg_id),
-            recipient,
-            signing,
-        )
-        return out.getvalue()
+
+def test_a_message_whose_id_a_container_took_while_both_were_in_flight_is_a_replay(
+    tmp_path: Path,
+) -> None:
+    """The link stage knows a container by its own id only. A single envelope that comes off
+    the link while the container is being delivered, claiming the id of a message inside it,
+    must be refused as a replay (and a re-sent one dropped as a duplicate), not delivered as a
+    second file under that id: the container's messages are in flight from its opening.
+    Driven in-process, stage by stage, because the order is a race between the two stages in
+    a running agent."""
+    pair = GatewayPair(tmp_path / "gw", batch=True)  # keys and configs; no process started
+    ctx, agent = _receiver_in_process(pair)
+    flow = agent.flows["import"]
+    barrier = Barrier()
+    cid, ids, container = seal_container(pair, [b"first\n", b"second\n"])
 
     def arrival(msg_id: str, data: bytes, resend: bool = False) -> Arrival:
         work = ctx.spool.dir("tmp/link") / f"{msg_id}.{os.urandom(4).hex()}"
@@ -311,15 +314,14 @@ def test_a_message_whose_id_a_container_took_while_both_were_in_flight_is_a_repl
 
     try:
         agent._accept_from_link(flow, [arrival(cid, container)], barrier)
-        later = arrival(ids[0], single(ids[0], b"another body\n"))
-        resent = arrival(ids[0], single(ids[0], b"another body\n"), resend=True)
-        agent._deliver_memory_guarded(agent._from_memory(1.0), barrier)  # the container
+        ((_flow, handed),) = agent._from_memory(1.0)
+        opened = agent._open_memory(flow, handed, barrier)  # its ids now in flight
+        later = arrival(ids[0], seal_single_as(pair, ids[0], b"another body\n"))
+        resent = arrival(ids[0], seal_single_as(pair, ids[0], b"another body\n"), resend=True)
+        agent._accept_from_link(flow, [later, resent], barrier)  # off the link meanwhile
+        agent._deliver_opened(opened, barrier, _Progress())  # the container's delivery ends
         assert ctx.spool.depth("delivered") == 2
-        # The single had passed the link stage before the container was delivered.
-        for late in (later, resent):
-            with agent.lock:
-                agent._in_flight.add(late.transfer)
-            agent._deliver_memory_guarded([(flow, late)], barrier)
+        assert agent._queue.empty()  # neither single handed on for delivery
         inbox = Path(ctx.config.inbox) / "import" / "new"
         assert sorted(p.read_bytes() for p in inbox.iterdir()) == [b"first\n", b"second\n"]
         (qid,) = ctx.spool.ids("quarantine")
@@ -344,20 +346,11 @@ def test_a_streamed_message_claiming_an_id_of_a_container_being_delivered_is_a_r
     as a replay, keep it as it came, and write none of its plaintext where the container's
     message of that id is waiting to be linked into the inbox."""
     pair = GatewayPair(tmp_path / "gw", batch=True)
-    ctx = AgentContext.open(load_gateway_config(pair.configs["internal-gw"]), "receiver")
-    agent = ReceiverAgent(ctx)
+    ctx, agent = _receiver_in_process(pair)
     flow = agent.flows["import"]
     barrier = Barrier()
     cid, ids, container = seal_container(pair, [b"first\n", b"second\n"])
-    keys = pair.root / "keys"
-    signing = load_signing_private(keys / "internet-gw.sign.key")
-    recipient = load_encryption_public(keys / "internal-gw.kem.pub")
-    big = os.urandom(3 * 1024 * 1024)
-    _id, header, _data = seal_test_envelope(pair, big)
-    out = io.BytesIO()
-    claimed = dataclasses.replace(header, message_id=ids[1])
-    env.seal(io.BytesIO(big), out, claimed, recipient, signing)
-    streamed = out.getvalue()
+    streamed = seal_single_as(pair, ids[1], os.urandom(3 * 1024 * 1024))
     try:
         work = ctx.spool.dir("tmp/link") / "c"
         work.mkdir()
